@@ -1,0 +1,1 @@
+"""admpff.calibration: deterministic, modality-balanced INT8 calibration sets from crops, video or a training split."""

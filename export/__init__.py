@@ -1,0 +1,1 @@
+"""admpff.export: checkpoint -> ONNX (FP32, FP16, INT8 Q/DQ, CPU-INT8), verification, TensorRT engines."""
