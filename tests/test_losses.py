@@ -1,0 +1,71 @@
+"""Hetero-center triplet loss against a hand-computed example; MGJ weighting."""
+import math
+
+import pytest
+import torch
+
+from admpff.training.losses import HeteroCenterTripletLoss, MGJLoss, MissingModalityError, identity_loss
+
+
+def hand_example():
+    # id 0: visible (0,0),(2,0) -> centre (1,0); infrared (1,2) -> (1,2)
+    # id 1: visible (4,0) -> (4,0);             infrared (4,4),(4,2) -> (4,3)
+    feats = torch.tensor([[0., 0.], [2., 0.], [1., 2.], [4., 0.], [4., 4.], [4., 2.]])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    modality = torch.tensor([0, 0, 1, 0, 1, 1])
+    return feats, labels, modality
+
+
+def test_hetero_center_triplet_by_hand():
+    # anchor c0v: pos d(c0v,c0i)=2, neg min(d(c0v,c1v)=3, d(c0v,c1i)=sqrt18) = 3   -> relu(2.3-3) = 0
+    # anchor c0i: pos 2, neg min(sqrt13, sqrt10) = sqrt10                          -> relu(2.3-3.162) = 0
+    # anchor c1v: pos d(c1v,c1i)=3, neg min(3, sqrt13) = 3                         -> 0.3
+    # anchor c1i: pos 3, neg min(sqrt18, sqrt10) = sqrt10                          -> 3.3 - sqrt10
+    expected = (0.3 + 3.3 - math.sqrt(10)) / 4
+    loss = HeteroCenterTripletLoss(margin=0.3)(*hand_example())
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_grouping_is_by_label_and_modality_not_order():
+    feats, labels, modality = hand_example()
+    perm = torch.tensor([5, 2, 0, 3, 1, 4])
+    loss_fn = HeteroCenterTripletLoss(0.3)
+    assert loss_fn(feats[perm], labels[perm], modality[perm]).item() == pytest.approx(
+        loss_fn(feats, labels, modality).item(), abs=1e-6)
+
+
+def test_identity_missing_a_modality_is_a_clear_error():
+    feats, labels, modality = hand_example()
+    with pytest.raises(MissingModalityError, match="identity 1 has no infrared image"):
+        HeteroCenterTripletLoss()(feats[:4], labels[:4], modality[:4])
+
+
+def test_identity_loss_label_smoothing():
+    logits = torch.tensor([[2.0, 0.0, 0.0]])
+    p = torch.softmax(logits, 1)[0]
+    # eq. (4) with eps 0.1 over 3 classes: target (1-eps)+eps/3 on the true class, eps/3 elsewhere
+    q = torch.tensor([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    assert identity_loss(logits, torch.tensor([0])).item() == pytest.approx(-(q * p.log()).sum().item(), abs=1e-6)
+
+
+def fake_output(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    names = [f"p3.{i}" for i in range(3)] + ["p3.all"] + [f"p6.{i}" for i in range(6)] + ["p6.all", "en"]
+    feats = {n: torch.randn(8, 4, generator=g) for n in names}
+    logits = {n: torch.randn(8, 3, generator=g) for n in names}
+    return {"features": feats, "logits": logits}
+
+
+def test_mgj_weighting_and_terms():
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    modality = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    out = fake_output()
+    total, terms = MGJLoss(alpha=3, beta=6)(out, labels, modality)
+    m3 = sum(terms[f"id/p3.{i}"] + terms[f"tri/p3.{i}"] for i in [0, 1, 2, "all"])
+    m6 = sum(terms[f"id/p6.{i}"] + terms[f"tri/p6.{i}"] for i in [*range(6), "all"])
+    assert terms["mGFD3"].item() == pytest.approx(m3.item(), rel=1e-6)
+    assert terms["mGFD6"].item() == pytest.approx(m6.item(), rel=1e-6)
+    en = terms["id/en"] + terms["tri/en"]
+    assert total.item() == pytest.approx((en + 3 * m3 + 6 * m6).item(), rel=1e-6)
+    total1, _ = MGJLoss(alpha=1, beta=1)(out, labels, modality)
+    assert total1.item() == pytest.approx((en + m3 + m6).item(), rel=1e-6)
