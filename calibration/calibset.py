@@ -1,0 +1,321 @@
+"""A deterministic, modality-balanced calibration set, and its on-disk cache.
+
+``build_calibration_set`` turns sources of real person crops into the exact tensors the exported graph
+takes (float32 NCHW 0..255 through ``admpff.runtime.preprocess.crops_to_batch``, the runtime's own
+preprocessing, so calibration statistics match deployment).  Never random data: a quantizer that is
+handed no data invents random inputs, and the scales it derives from them are meaningless.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from admpff.runtime.contract import DEFAULT_CONTRACT, INFRARED, MODALITY_NAMES, VISIBLE, InputContract
+from admpff.runtime.preprocess import crops_to_batch
+
+from .sources import HOW_TO, CalibrationError, CalibrationSource, CropRef, as_sources
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "admpff.calibset/1"
+
+
+def _contract_header(contract: InputContract) -> dict:
+    """The parts of the contract that shape the cached tensors."""
+    return {"height": contract.height, "width": contract.width, "channel_order": contract.channel_order,
+            "layout": contract.layout, "value_range": list(contract.value_range),
+            "resize_interpolation": contract.resize_interpolation}
+
+
+def request_fingerprint(sources: Sequence[CalibrationSource], num_samples: int, seed: int,
+                        contract: InputContract, balance: bool) -> str:
+    """Identity of a build request: same fingerprint -> the cached set is what a rebuild would give."""
+    payload = {"format": CACHE_FORMAT, "sources": sorted(s.fingerprint() for s in sources),
+               "num_samples": int(num_samples), "seed": int(seed), "balance": bool(balance),
+               "contract": _contract_header(contract)}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _content_sha256(images: np.ndarray, modality: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(modality).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class CalibrationSet:
+    """Calibration tensors ready for a quantizer.
+
+    ``images``: float32 [N, 3, H, W], values 0..255 in the contract's channel order; ``modality``: int32 [N];
+    ``origins``: where each sample came from; ``skipped``: unreadable or empty crops met on the way.
+    """
+
+    images: np.ndarray
+    modality: np.ndarray
+    origins: list[str]
+    contract: InputContract = DEFAULT_CONTRACT
+    skipped: int = 0
+    sources: list[str] = field(default_factory=list)
+    seed: int = 0
+    num_samples: int = 0          # what was asked for (len(self) may be smaller)
+    fingerprint: str = ""         # request fingerprint (see ``request_fingerprint``)
+
+    def __post_init__(self):
+        self.images = np.asarray(self.images, dtype=np.float32)
+        self.modality = np.asarray(self.modality, dtype=np.int32)
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise CalibrationError(f"calibration images must be [N,3,H,W], got {self.images.shape}")
+        if len(self.modality) != len(self.images) or len(self.origins) != len(self.images):
+            raise CalibrationError(f"calibration set is inconsistent: {len(self.images)} images, "
+                                   f"{len(self.modality)} modality codes, {len(self.origins)} origins")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Samples per modality name, e.g. {'visible': 256, 'infrared': 256}."""
+        return {MODALITY_NAMES[code]: int((self.modality == code).sum()) for code in (VISIBLE, INFRARED)}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{n} {name}" for name, n in self.counts.items())
+        return (f"{len(self)} calibration crops ({counts}) at {self.images.shape[2]}x{self.images.shape[3]}"
+                f", {self.skipped} skipped, seed {self.seed}")
+
+    # -- cache ---------------------------------------------------------------------------------------
+    def header(self) -> dict:
+        return {"format": CACHE_FORMAT, "contract": _contract_header(self.contract), "sources": list(self.sources),
+                "seed": int(self.seed), "num_samples": int(self.num_samples), "fingerprint": self.fingerprint,
+                "count": len(self), "counts": self.counts, "skipped": int(self.skipped),
+                "origins": list(self.origins),
+                "content_sha256": _content_sha256(self.images, self.modality)}
+
+    def save(self, path: "str | os.PathLike") -> Path:
+        """Write an npz atomically (temp file in the same folder, then os.replace).
+
+        The pixels are stored as uint8 when they are whole numbers in 0..255 (always, for crops that went
+        through ``crops_to_batch``): 4x smaller, and exactly the same float32 tensor comes back.
+        """
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        images = self.images
+        exact_u8 = images.size == 0 or (images.min() >= 0 and images.max() <= 255
+                                        and np.array_equal(images, np.round(images)))
+        arrays = {"header": np.array(json.dumps(self.header(), sort_keys=True)),
+                  "modality": self.modality}
+        if exact_u8:
+            arrays["images_u8"] = images.astype(np.uint8)
+        else:
+            arrays["images"] = images
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:  # a file object: np.savez then adds no ".npz" of its own
+                np.savez(handle, **arrays)
+                handle.flush()
+                os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: "str | os.PathLike", contract: InputContract = DEFAULT_CONTRACT) -> "CalibrationSet":
+        """Read a cache written by ``save`` and check that it fits ``contract``."""
+        path = Path(path)
+        if not path.is_file():
+            raise CalibrationError(f"calibration cache {path} does not exist")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(str(data["header"]))
+                modality = data["modality"]
+                images = data["images_u8"].astype(np.float32) if "images_u8" in data.files else data["images"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise CalibrationError(f"{path} is not a readable admpff calibration cache ({exc}); delete it") from None
+        if header.get("format") != CACHE_FORMAT:
+            raise CalibrationError(f"{path} has cache format {header.get('format')!r}, expected {CACHE_FORMAT!r}; "
+                                   f"delete it to rebuild")
+        want = _contract_header(contract)
+        have = header.get("contract", {})
+        expected_shape = (3, contract.height, contract.width)
+        if tuple(images.shape[1:]) != expected_shape or (have.get("height"), have.get("width")) != (
+                contract.height, contract.width):
+            raise CalibrationError(
+                f"calibration cache {path} holds crops of {images.shape[2]}x{images.shape[3]} (HxW) but the model "
+                f"takes {contract.height}x{contract.width}: it was made for another input size; delete it or "
+                f"give another cache path to rebuild")
+        different = sorted(k for k in want if have.get(k) != want[k])
+        if different:
+            raise CalibrationError(f"calibration cache {path} was made with other preprocessing "
+                                   f"({', '.join(f'{k}={have.get(k)!r} not {want[k]!r}' for k in different)}); "
+                                   f"delete it to rebuild")
+        if _content_sha256(images.astype(np.float32), modality.astype(np.int32)) != header.get("content_sha256"):
+            raise CalibrationError(f"calibration cache {path} is corrupted (content checksum mismatch); delete it")
+        return cls(images=images, modality=modality, origins=list(header.get("origins", [])), contract=contract,
+                   skipped=int(header.get("skipped", 0)), sources=list(header.get("sources", [])),
+                   seed=int(header.get("seed", 0)), num_samples=int(header.get("num_samples", 0)),
+                   fingerprint=str(header.get("fingerprint", "")))
+
+
+# -- selection -------------------------------------------------------------------------------------------
+def balanced_quotas(available: dict[int, int], total: int) -> dict[int, int]:
+    """Split ``total`` as evenly as possible over the groups, never beyond what each group has.
+
+    A group that runs short hands its share to the others (half/half, or as close as possible).  Odd
+    remainders go to the lower modality code first, so the split is deterministic.
+    """
+    quotas = {m: 0 for m in available}
+    remaining = min(int(total), sum(available.values()))
+    while remaining > 0:
+        open_groups = [m for m in sorted(available) if available[m] > quotas[m]]
+        if not open_groups:
+            break
+        share, extra = divmod(remaining, len(open_groups))
+        for i, m in enumerate(open_groups):
+            give = min(share + (1 if i < extra else 0), available[m] - quotas[m])
+            quotas[m] += give
+            remaining -= give
+    return quotas
+
+
+class _Group:
+    """Candidates of one selection group, walked in a seeded random order."""
+
+    def __init__(self, refs: list[CropRef], rng: np.random.Generator):
+        self.refs = refs
+        self.order = rng.permutation(len(refs))
+        self.cursor = 0
+        self.taken: list[tuple[CropRef, np.ndarray]] = []
+
+    @property
+    def left(self) -> int:
+        return len(self.refs) - self.cursor
+
+    def take(self, count: int, contract: InputContract) -> int:
+        """Preprocess up to ``count`` more readable crops; returns how many unreadable ones were skipped."""
+        skipped = 0
+        while count > 0 and self.cursor < len(self.refs):
+            ref = self.refs[self.order[self.cursor]]
+            self.cursor += 1
+            crop = ref.load()
+            if crop is None or getattr(crop, "size", 0) == 0:
+                skipped += 1
+                log.warning("skipping unreadable calibration crop %s", ref.origin)
+                continue
+            try:
+                # One crop at a time through the runtime's preprocessing: a bad crop is skipped, not fatal,
+                # and only the selected crops are ever held as float32.
+                tensor = crops_to_batch([crop], contract)[0]
+            except (ValueError, TypeError) as exc:
+                skipped += 1
+                log.warning("skipping calibration crop %s: %s", ref.origin, exc)
+                continue
+            self.taken.append((ref, tensor))
+            count -= 1
+        return skipped
+
+
+def _dedupe_sorted(refs: list[CropRef]) -> list[CropRef]:
+    """Sort by origin (listing order must not matter) and drop repeats (a source given twice)."""
+    unique: dict[str, CropRef] = {}
+    for ref in sorted(refs, key=lambda r: (r.origin, r.modality)):
+        unique.setdefault(ref.origin, ref)
+    return list(unique.values())
+
+
+def build_calibration_set(sources, num_samples: int = 512, seed: int = 0,
+                          contract: InputContract = DEFAULT_CONTRACT, balance: bool = True) -> CalibrationSet:
+    """Choose ``num_samples`` crops from ``sources`` and preprocess them for the exported graph.
+
+    ``sources``: CalibrationSource objects or ``--calib-data`` spec strings (one or a list).
+    Deterministic: candidates are sorted by origin, then sampled with ``numpy.random.default_rng(seed)``.
+    With ``balance`` and both modalities present, half the samples are visible and half infrared (as close
+    as the data allows).  Raises CalibrationError when no usable crop is found.
+    """
+    if int(num_samples) < 1:
+        raise CalibrationError(f"num_samples must be >= 1, not {num_samples}")
+    source_list = as_sources(sources)
+    if not source_list:
+        raise CalibrationError(f"no calibration data given: {HOW_TO}")
+    described = [s.describe() for s in source_list]
+    refs: list[CropRef] = []
+    for source in source_list:
+        refs.extend(source.scan())
+    skipped = sum(int(getattr(s, "skipped", 0)) for s in source_list)
+    refs = _dedupe_sorted(refs)
+
+    rng = np.random.default_rng(int(seed))
+    if balance:
+        by_modality = {m: [r for r in refs if r.modality == m] for m in (VISIBLE, INFRARED)}
+        groups = {m: _Group(by_modality[m], rng) for m in sorted(by_modality) if by_modality[m]}
+    else:
+        groups = {0: _Group(refs, rng)} if refs else {}
+
+    target = min(int(num_samples), len(refs))
+    wanted = balanced_quotas({m: g.left for m, g in groups.items()}, target)
+    while True:
+        for m in sorted(groups):
+            skipped += groups[m].take(wanted[m] - len(groups[m].taken), contract)
+        have = sum(len(g.taken) for g in groups.values())
+        shortfall = target - have
+        if shortfall <= 0 or not any(g.left for g in groups.values()):
+            break
+        # Unreadable crops left a group short: spread the gap over the groups that still have candidates.
+        extra = balanced_quotas({m: g.left for m, g in groups.items()}, shortfall)
+        wanted = {m: len(groups[m].taken) + extra[m] for m in groups}
+
+    chosen = [item for m in sorted(groups) for item in groups[m].taken]
+    if not chosen:
+        where = "; ".join(described)
+        raise CalibrationError(f"no calibration crops found in {where}: {HOW_TO}")
+    # Interleave modalities (seeded) so that every reader batch sees both.
+    order = rng.permutation(len(chosen))
+    images = np.stack([chosen[i][1] for i in order]).astype(np.float32, copy=False)
+    modality = np.array([chosen[i][0].modality for i in order], dtype=np.int32)
+    origins = [chosen[i][0].origin for i in order]
+    calset = CalibrationSet(images=images, modality=modality, origins=origins, contract=contract, skipped=skipped,
+                            sources=described, seed=int(seed), num_samples=int(num_samples),
+                            fingerprint=request_fingerprint(source_list, num_samples, seed, contract, balance))
+    if len(calset) < num_samples:
+        log.warning("only %d calibration crops available (asked for %d)", len(calset), num_samples)
+    log.info("%s", calset.summary())
+    return calset
+
+
+def load_or_build(cache_path: "str | os.PathLike | None", sources, num_samples: int = 512, seed: int = 0,
+                  contract: InputContract = DEFAULT_CONTRACT, balance: bool = True) -> CalibrationSet:
+    """Reuse ``cache_path`` when it was built from the same request, otherwise build and (re)write it.
+
+    The request fingerprint covers the sources' content identities (file sizes and times, not pixels),
+    the seed, the sample count, balancing and the contract's input size and preprocessing.
+    """
+    source_list = as_sources(sources)
+    if cache_path is None:
+        return build_calibration_set(source_list, num_samples, seed, contract, balance)
+    cache_path = Path(cache_path)
+    fingerprint = request_fingerprint(source_list, num_samples, seed, contract, balance)
+    if cache_path.is_file():
+        try:
+            cached = CalibrationSet.load(cache_path, contract)
+        except CalibrationError as exc:
+            log.info("rebuilding calibration cache: %s", exc)
+        else:
+            if cached.fingerprint == fingerprint:
+                log.info("reusing calibration cache %s (%s)", cache_path, cached.summary())
+                return cached
+            log.info("calibration cache %s was built from other data or settings; rebuilding", cache_path)
+    calset = build_calibration_set(source_list, num_samples, seed, contract, balance)
+    calset.save(cache_path)
+    return calset
