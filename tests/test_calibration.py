@@ -351,3 +351,25 @@ def test_video_source_clips_boxes_and_skips_tiny_ones(tmp_path):
     assert all(s.crop.shape[:2] == (100, 40) for s in samples)
     assert [s.origin.rsplit("#", 1)[1] for s in samples] == ["frame0000000/box000", "frame0000002/box000",
                                                              "frame0000004/box000"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("admpff.training.datasets.sysu") is None,
+                    reason="admpff.training.datasets.sysu is not in this tree")
+def test_sysu_training_split_only_through_the_real_reader(tmp_path):
+    """A tiny SYSU-MM01 in its official layout: test identities must never reach the calibration set."""
+    root = tmp_path / "SYSU-MM01"
+    (root / "exp").mkdir(parents=True)
+    (root / "exp" / "train_id.txt").write_text("1,2")
+    (root / "exp" / "val_id.txt").write_text("3")
+    (root / "exp" / "test_id.txt").write_text("4")
+    rng = np.random.default_rng(0)
+    for cam in range(1, 7):
+        for pid in (1, 2, 3, 4):
+            folder = root / f"cam{cam}" / f"{pid:04d}"
+            folder.mkdir(parents=True)
+            for k in range(2):
+                image = _grey_crop(rng) if cam in (3, 6) else _visible_crop(rng)
+                cv2.imwrite(str(folder / f"{k + 1:04d}.jpg"), image)
+    calset = build_calibration_set(f"sysu:{root}", num_samples=1000, contract=SMALL)
+    assert calset.counts == {"visible": 24, "infrared": 12}  # 3 train+val ids x (4 RGB | 2 IR cams) x 2 images
+    assert not [o for o in calset.origins if "/0004/" in o]
