@@ -281,8 +281,8 @@ class ADMPFFNet(nn.Module):
             raise ModelConfigError(f"images must be [batch, 3, H, W], got {list(images.shape)}")
         # Both stems run on the whole batch and each sample keeps its own modality's output: this keeps
         # the graph static for ONNX/TensorRT and lets one batch mix visible and infrared crops.
-        is_ir = (modality.reshape(-1, 1, 1, 1) == INFRARED).to(images.dtype)
-        x = self.visible_stem(images) * (1 - is_ir) + self.infrared_stem(images) * is_ir
+        is_ir = modality.reshape(-1, 1, 1, 1) == INFRARED
+        x = torch.where(is_ir, self.infrared_stem(images), self.visible_stem(images))
         feats = self._branch_features(self.shared(x))
         embedding = torch.cat(feats["p3"] + feats["p6"] + feats["en"], dim=1)
         return F.normalize(embedding, p=2, dim=1)
