@@ -1,0 +1,391 @@
+"""Person detectors for the runtime: OpenCV HOG, ultralytics YOLO ONNX, and MOT-challenge files.
+
+Every detector has the same call: ``detect(frame_bgr, frame_index=None) -> (boxes, scores)`` with
+``boxes`` float32 ``[N, 4]`` as ``x1, y1, x2, y2`` in the frame's pixels (clipped to the frame) and
+``scores`` float32 ``[N]``.  ``frame_index`` (0-based, as :class:`~admpff.runtime.sources.FrameSource`
+counts) matters only to detectors that replay precomputed detections; live detectors ignore it.
+
+Score scales differ by detector: YOLO gives probabilities 0..1, HOG gives SVM margins (about 0..4 on
+vtest.avi), MOT files give whatever the file says.  Tracker thresholds should be set per detector
+(see :attr:`Detector.score_range_hint`).
+"""
+from __future__ import annotations
+
+import ast
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Detector", "DetectorError", "HOGPersonDetector", "YoloOnnxDetector", "MotFileDetector",
+           "build_detector", "nms", "clip_boxes", "empty_detections"]
+
+
+class DetectorError(RuntimeError):
+    """A detector that cannot be built or run: missing/corrupt file, wrong-shaped model."""
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the pipeline needs from a detector."""
+
+    def detect(self, frame_bgr: np.ndarray, frame_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (boxes float32 [N,4] x1,y1,x2,y2 pixels, scores float32 [N])."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
+# shared helpers
+# --------------------------------------------------------------------------------------------------
+def empty_detections() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Clip x1,y1,x2,y2 boxes to a ``width x height`` frame (in place on a float32 copy)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4).copy()
+    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, width)
+    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, height)
+    return boxes
+
+
+def _drop_degenerate(boxes: np.ndarray, scores: np.ndarray, min_size: float = 1.0):
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    return boxes[keep], scores[keep]
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.45,
+        score_threshold: float = -np.inf) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression (``cv2.dnn.NMSBoxes``), best score first."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    xywh = np.column_stack([boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]])
+    keep = np.flatnonzero(scores >= score_threshold)
+    if len(keep) == 0:
+        return np.zeros((0,), np.int64)
+    # NMSBoxes asserts score_threshold >= 0, but HOG margins can be negative with a low
+    # hit_threshold: shift the scores (order is all NMS uses) so every kept box is >= 0.
+    shifted = scores[keep] - float(scores[keep].min()) + 1.0  # NMSBoxes keeps score > threshold
+    idx = cv2.dnn.NMSBoxes(xywh[keep].tolist(), shifted.tolist(), 0.0, float(iou_threshold))
+    return keep[np.asarray(idx, np.int64).reshape(-1)]
+
+
+def _check_frame(frame: np.ndarray) -> np.ndarray:
+    if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
+        raise ValueError(f"expected an HxWx3 BGR frame, got {getattr(frame, 'shape', type(frame).__name__)}")
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    elif frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    return frame
+
+
+# --------------------------------------------------------------------------------------------------
+# HOG
+# --------------------------------------------------------------------------------------------------
+class HOGPersonDetector:
+    """OpenCV's built-in Dalal-Triggs people detector: needs no weight file, runs on any CPU.
+
+    Frames wider than ``max_width`` are downscaled first (HOG time grows with the pixel count) and
+    boxes are mapped back.  HOG boxes include the 64x128 window's margin around the body, so they are
+    shrunk by ``shrink`` (fraction of width, fraction of height, each side) to give tighter re-ID crops.
+    """
+
+    score_range_hint = (0.0, 4.0)
+
+    def __init__(self, *, win_stride: tuple[int, int] = (8, 8), padding: tuple[int, int] = (8, 8),
+                 scale: float = 1.05, hit_threshold: float = 0.0, max_width: int | None = 960,
+                 nms_iou: float = 0.45, min_score: float = 0.0,
+                 shrink: tuple[float, float] = (0.1, 0.05)):
+        if not hasattr(cv2, "HOGDescriptor"):
+            raise DetectorError(f"OpenCV {cv2.__version__} has no HOGDescriptor (removed in 5.0); "
+                                "install opencv-python-headless<5 or use a YOLO ONNX detector")
+        self.hog = cv2.HOGDescriptor()
+        self.hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        self.win_stride = tuple(int(v) for v in win_stride)
+        self.padding = tuple(int(v) for v in padding)
+        self.scale = float(scale)
+        self.hit_threshold = float(hit_threshold)
+        self.max_width = max_width
+        self.nms_iou = float(nms_iou)
+        self.min_score = float(min_score)
+        self.shrink = (float(shrink[0]), float(shrink[1]))
+
+    def detect(self, frame_bgr: np.ndarray, frame_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        frame = _check_frame(frame_bgr)
+        h, w = frame.shape[:2]
+        factor = 1.0
+        img = frame
+        if self.max_width and w > self.max_width:
+            factor = self.max_width / w
+            img = cv2.resize(frame, (self.max_width, max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+        rects, weights = self.hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
+                                                   winStride=self.win_stride, padding=self.padding,
+                                                   scale=self.scale)
+        if len(rects) == 0:
+            return empty_detections()
+        rects = np.asarray(rects, np.float32).reshape(-1, 4) / factor
+        scores = np.asarray(weights, np.float32).reshape(-1)
+        sx, sy = rects[:, 2] * self.shrink[0], rects[:, 3] * self.shrink[1]
+        boxes = np.column_stack([rects[:, 0] + sx, rects[:, 1] + sy,
+                                 rects[:, 0] + rects[:, 2] - sx, rects[:, 1] + rects[:, 3] - sy])
+        keep = scores >= self.min_score
+        boxes, scores = boxes[keep], scores[keep]
+        idx = nms(boxes, scores, self.nms_iou)
+        boxes, scores = clip_boxes(boxes[idx], w, h), scores[idx]
+        return _drop_degenerate(boxes, scores)
+
+    def __repr__(self) -> str:
+        return (f"HOGPersonDetector(win_stride={self.win_stride}, scale={self.scale}, "
+                f"max_width={self.max_width})")
+
+
+# --------------------------------------------------------------------------------------------------
+# YOLO ONNX
+# --------------------------------------------------------------------------------------------------
+def letterbox(image: np.ndarray, size: tuple[int, int], color: int = 114) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping the aspect ratio and pad to ``size = (height, width)``, as ultralytics does.
+
+    Returns the padded image, the scale applied and the (left, top) padding in pixels, so that
+    ``original = (letterboxed - pad) / scale``.
+    """
+    th, tw = size
+    h, w = image.shape[:2]
+    r = min(th / h, tw / w)
+    nw, nh = int(round(w * r)), int(round(h * r))
+    resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR) if (nw, nh) != (w, h) else image
+    dw, dh = (tw - nw) / 2, (th - nh) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    out = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
+    return out, r, (float(left), float(top))
+
+
+class YoloOnnxDetector:
+    """Person detector for an ultralytics YOLO (v5u/v8/v11 style) exported to ONNX.
+
+    Output ``[1, 4+nc, N]`` (``cx, cy, w, h`` in letterboxed input pixels, then per-class scores) or
+    its transpose ``[1, N, 4+nc]``; end-to-end exports (``[1, N, 6]`` = ``x1, y1, x2, y2, score,
+    class``, metadata ``end2end``) are decoded too.  The number of classes comes from ``num_classes``,
+    else from the ``names`` metadata ultralytics writes, else the smaller of the two axes is taken as
+    the attribute axis (N anchors is in the thousands for real models).
+    """
+
+    score_range_hint = (0.0, 1.0)
+
+    def __init__(self, path: str | Path, *, conf_threshold: float = 0.25, nms_iou: float = 0.45,
+                 person_class: int = 0, input_size: int | tuple[int, int] | None = None,
+                 num_classes: int | None = None, providers: list[str] | None = None,
+                 max_detections: int = 300):
+        path = Path(path)
+        if not path.is_file():
+            raise DetectorError(f"YOLO model not found: {path}")
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise DetectorError("YOLO ONNX detection needs onnxruntime (pip install onnxruntime)") from None
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # ORT raises private exception types for bad files
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DetectorError(f"cannot load YOLO model {path.name}: {first}") from None
+        self.path = path
+        self.conf_threshold = float(conf_threshold)
+        self.nms_iou = float(nms_iou)
+        self.person_class = int(person_class)
+        self.max_detections = int(max_detections)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.end2end = str(meta.get("end2end", "")).lower() == "true"
+        self.num_classes = num_classes if num_classes is not None else self._classes_from_metadata(meta)
+
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise DetectorError(f"{path.name} has {len(inputs)} inputs; a YOLO export has one image input")
+        inp = inputs[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if "float16" in inp.type else np.float32
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[1] not in (3, "3"):
+            raise DetectorError(f"{path.name} takes input of shape {shape}; expected [1, 3, H, W]")
+        if input_size is not None:
+            self.input_hw = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+        elif isinstance(shape[2], int) and isinstance(shape[3], int):
+            self.input_hw = (shape[2], shape[3])
+        else:
+            self.input_hw = (640, 640)  # dynamic export: ultralytics' default imgsz
+        out_shape = list(outputs[0].shape)
+        if len(out_shape) != 3:
+            raise DetectorError(f"{path.name} emits shape {out_shape}; expected [1, 4+classes, N] (YOLO detect head)")
+        self.output_name = outputs[0].name
+
+    @staticmethod
+    def _classes_from_metadata(meta) -> int | None:
+        names = meta.get("names")
+        if not names:
+            return None
+        try:
+            return len(ast.literal_eval(names))
+        except (ValueError, SyntaxError):
+            return None
+
+    def _decode(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw head output -> (boxes xyxy in letterboxed pixels, person scores), before NMS."""
+        if out.ndim != 3 or out.shape[0] != 1:
+            raise DetectorError(f"{self.path.name} returned shape {out.shape}; expected [1, 4+classes, N]")
+        out = out[0].astype(np.float32, copy=False)
+        if self.end2end and out.shape[1] == 6:
+            cls = out[:, 5].astype(np.int64)
+            keep = (cls == self.person_class) & (out[:, 4] >= self.conf_threshold)
+            return out[keep, :4], out[keep, 4]
+        a, b = out.shape
+        if self.num_classes is not None:
+            attrs = 4 + self.num_classes
+            if a == attrs:
+                pass
+            elif b == attrs:
+                out = out.T
+            else:
+                raise DetectorError(f"{self.path.name} returned {list(out.shape)}; expected one axis of "
+                                    f"4+{self.num_classes} = {attrs}")
+        elif b < a:  # [N, 4+nc]: the attribute axis is the smaller one
+            out = out.T
+        if out.shape[0] < 5 or self.person_class >= out.shape[0] - 4:
+            raise DetectorError(f"{self.path.name} output has {out.shape[0]} attributes per box; "
+                                f"need 4 box values + class scores including class {self.person_class}")
+        scores = out[4 + self.person_class]
+        keep = scores >= self.conf_threshold
+        cx, cy, w, h = out[0, keep], out[1, keep], out[2, keep], out[3, keep]
+        boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2])
+        return boxes.astype(np.float32), scores[keep].astype(np.float32)
+
+    def detect(self, frame_bgr: np.ndarray, frame_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        frame = _check_frame(frame_bgr)
+        h, w = frame.shape[:2]
+        img, r, (pad_x, pad_y) = letterbox(frame, self.input_hw)
+        blob = cv2.cvtColor(img, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)[None].astype(self.input_dtype) / 255.0
+        out = self.session.run([self.output_name], {self.input_name: blob.astype(self.input_dtype)})[0]
+        boxes, scores = self._decode(np.asarray(out))
+        if len(boxes) == 0:
+            return empty_detections()
+        idx = nms(boxes, scores, self.nms_iou)[: self.max_detections]
+        boxes, scores = boxes[idx], scores[idx]
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - pad_x) / r
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - pad_y) / r
+        return _drop_degenerate(clip_boxes(boxes, w, h), scores)
+
+    def __repr__(self) -> str:
+        return f"YoloOnnxDetector({self.path.name}, input={self.input_hw}, conf={self.conf_threshold})"
+
+
+# --------------------------------------------------------------------------------------------------
+# MOT-challenge files
+# --------------------------------------------------------------------------------------------------
+class MotFileDetector:
+    """Replays detections from a MOT-challenge ``det.txt`` / ``gt.txt``: ``frame,id,x,y,w,h,conf,...``.
+
+    MOT frames are 1-based; ``detect(frame, frame_index)`` takes the 0-based index FrameSource yields
+    (so MOT frame = index + 1).  Without an index an internal counter advances once per call.
+    Ground-truth files (ids >= 1 and a class column) keep only rows marked "consider" (column 7 != 0)
+    whose class is in ``person_classes`` (MOT16/17: 1 = pedestrian).
+    """
+
+    score_range_hint = (0.0, 1.0)
+
+    def __init__(self, path: str | Path, *, min_score: float | None = None,
+                 person_classes: tuple[int, ...] = (1,)):
+        path = Path(path)
+        if not path.is_file():
+            raise DetectorError(f"MOT detection file not found: {path}")
+        self.path = path
+        self._by_frame: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._counter = 0
+        rows = self._parse(path)
+        if len(rows) and min_score is not None:
+            rows = rows[rows[:, 6] >= min_score]
+        is_gt = len(rows) > 0 and rows.shape[1] >= 8 and bool(np.all(rows[:, 1] >= 1))
+        if is_gt:
+            keep = rows[:, 6] != 0
+            has_class = rows[:, 7] > 0
+            keep &= ~has_class | np.isin(rows[:, 7].astype(np.int64), person_classes)
+            rows = rows[keep]
+        grouped: dict[int, list[np.ndarray]] = defaultdict(list)
+        for row in rows:
+            grouped[int(row[0])].append(row)
+        for frame_no, frame_rows in grouped.items():
+            arr = np.asarray(frame_rows, np.float32)
+            boxes = np.column_stack([arr[:, 2], arr[:, 3], arr[:, 2] + arr[:, 4], arr[:, 3] + arr[:, 5]])
+            self._by_frame[frame_no] = (boxes.astype(np.float32), arr[:, 6].astype(np.float32))
+        self.num_rows = int(len(rows))
+        self.frames = sorted(self._by_frame)
+
+    @staticmethod
+    def _parse(path: Path) -> np.ndarray:
+        rows = []
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DetectorError(f"cannot read MOT file {path}: {exc}") from None
+        width = None
+        for line_no, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p for p in line.replace(" ", ",").split(",") if p != ""]
+            try:
+                values = [float(p) for p in parts]
+            except ValueError:
+                raise DetectorError(f"{path.name}:{line_no}: not a MOT row (frame,id,x,y,w,h,conf,...): "
+                                    f"{line[:60]!r}") from None
+            if len(values) < 6:
+                raise DetectorError(f"{path.name}:{line_no}: {len(values)} columns, a MOT row needs at least 6")
+            if len(values) < 7:
+                values.append(1.0)  # no confidence column: treat as certain
+            width = max(width or 0, len(values))
+            rows.append(values)
+        if not rows:
+            return np.zeros((0, 7), np.float32)
+        out = np.full((len(rows), width), -1.0, np.float32)
+        for i, values in enumerate(rows):
+            out[i, : len(values)] = values
+        return out
+
+    def detect(self, frame_bgr: np.ndarray | None = None, frame_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if frame_index is None:
+            frame_index = self._counter
+        self._counter = frame_index + 1
+        boxes, scores = self._by_frame.get(frame_index + 1, empty_detections())
+        boxes = boxes.copy()
+        if frame_bgr is not None:
+            h, w = frame_bgr.shape[:2]
+            boxes = clip_boxes(boxes, w, h)
+            boxes, scores = _drop_degenerate(boxes, scores.copy())
+        return boxes, scores.copy()
+
+    def __repr__(self) -> str:
+        return f"MotFileDetector({self.path.name}, {self.num_rows} rows over {len(self.frames)} frames)"
+
+
+# --------------------------------------------------------------------------------------------------
+# factory
+# --------------------------------------------------------------------------------------------------
+def build_detector(spec: str | None = "hog", **options) -> Detector:
+    """``'hog'`` (default) -> HOG; ``*.onnx`` -> YOLO ONNX; ``*.txt`` -> MOT file.  Options go to the class."""
+    if spec is None or str(spec).strip().lower() in ("", "hog"):
+        return HOGPersonDetector(**options)
+    text = str(spec).strip()
+    suffix = Path(text).suffix.lower()
+    if suffix == ".onnx":
+        return YoloOnnxDetector(text, **options)
+    if suffix == ".txt":
+        return MotFileDetector(text, **options)
+    raise DetectorError(f"unknown detector {spec!r}: use 'hog', a YOLO .onnx file or a MOT .txt file")
