@@ -1,0 +1,250 @@
+"""admpff-export: training checkpoint -> ONNX (FP32, FP16, INT8 Q/DQ for TensorRT, CPU-INT8), verified.
+
+    admpff-export runs/sysu/last.pt --out models/ --int8 --calib-data crops/      # FP32 + INT8 Q/DQ
+    admpff-export last.pt --out models/ --fp16 --int8 --cpu-int8 --calib-data video.avi
+    admpff-export last.pt --out models/ --int8 --calib-data sysu:/data/SYSU-MM01 --verify-data sysu:/data/SYSU-MM01
+    admpff-export last.pt --out models/ --int8 --calib-data crops/ --engine --batch 1,8,32   # on a GPU with TensorRT
+
+Files: DIR/<name>.onnx (FP32), <name>.fp16.onnx, <name>.int8.onnx (TensorRT Q/DQ), <name>.cpu-int8.onnx
+(ONNX Runtime CPU only), <name>.verify.json, and with --engine <name>.<precision>.engine + .json sidecar.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "int8", "cpu-int8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="admpff-export", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", help="checkpoint written by admpff-train (last.pt / best.pt)")
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--name", default=None, help="file stem (default: admpff-<backbone>-<H>x<W>)")
+    ap.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx (strongly typed TensorRT 10/11)")
+    ap.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx: Q/DQ for TensorRT 8.5-11")
+    ap.add_argument("--cpu-int8", action="store_true", help="also write <name>.cpu-int8.onnx: ONNX Runtime CPU, not TensorRT")
+    ap.add_argument("--precision", default=None,
+                    help=f"comma list instead of the flags above, from {', '.join(PRECISIONS)}")
+    cal = ap.add_argument_group("calibration (INT8)")
+    cal.add_argument("--calib-data", action="append", default=[], metavar="SPEC",
+                     help="folder of person crops, video file/stream/camera (detector crops), sysu:ROOT or "
+                          "regdb:ROOT[:trial] (training split only); repeatable")
+    cal.add_argument("--calib-samples", type=int, default=512, help="crops used for calibration (default 512)")
+    cal.add_argument("--calib-method", default="entropy", help="entropy (default), percentile or max")
+    cal.add_argument("--calib-seed", type=int, default=0)
+    cal.add_argument("--calib-cache", default=None, help="npz of calibration tensors, reused when it matches "
+                                                          "(default: DIR/<name>.calib.npz)")
+    cal.add_argument("--quantizer", default="ort", choices=("ort", "modelopt"),
+                     help="Q/DQ quantizer: ONNX Runtime quantize_static (default) or NVIDIA Model Optimizer")
+    cal.add_argument("--keep-float", action="append", default=[], metavar="NODE",
+                     help="ONNX node name to leave unquantized (repeatable), on top of the embedding head")
+    g = ap.add_argument_group("graph")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17: TensorRT 8.5 parses <= 17)")
+    g.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
+    v = ap.add_argument_group("verification")
+    v.add_argument("--no-verify", action="store_true", help="skip the fidelity report")
+    v.add_argument("--verify-samples", type=int, default=64, help="held-back crops used to verify (default 64)")
+    v.add_argument("--verify-data", default=None, metavar="SPEC",
+                   help="sysu:ROOT or regdb:ROOT[:trial]: held-out identities for retrieval mAP per precision")
+    v.add_argument("--verify-max-queries", type=int, default=400)
+    v.add_argument("--strict", action="store_true", help="exit 1 when a precision misses its fidelity bar")
+    e = ap.add_argument_group("TensorRT engines (needs TensorRT on this machine)")
+    e.add_argument("--engine", action="store_true", help="build engines with admpff-build-engine's builder")
+    e.add_argument("--batch", default="1,8,32", help="engine batch profile min,opt,max")
+    e.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GB")
+    ap.add_argument("-q", "--quiet", action="store_true")
+    return ap
+
+
+def _precisions(args) -> list[str]:
+    if args.precision:
+        wanted = [p.strip().lower() for p in args.precision.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in PRECISIONS]
+        if unknown:
+            raise ValueError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
+    else:
+        wanted = [p for p, on in (("fp16", args.fp16), ("int8", args.int8), ("cpu-int8", args.cpu_int8)) if on]
+    return ["fp32"] + [p for p in PRECISIONS[1:] if p in wanted]
+
+
+class Stages:
+    """Numbered stage lines with timings: the progress display of a multi-minute export."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.total, self.n, self.quiet = total, 0, quiet
+
+    def run(self, title: str, fn, *a, **kw):
+        self.n += 1
+        if not self.quiet:
+            print(f"[{self.n}/{self.total}] {title} ...", flush=True)
+        t0 = time.perf_counter()
+        result = fn(*a, **kw)
+        if not self.quiet:
+            print(f"      done in {time.perf_counter() - t0:.1f} s", flush=True)
+        return result
+
+
+def run(args) -> int:
+    from admpff.calibration import CalibrationError, load_or_build
+
+    from .checkpoint_io import ExportError, model_from_checkpoint
+    from .fp16 import convert_fp16
+    from .onnx_export import export_fp32
+    from .quantize import quantize_cpu_int8, quantize_tensorrt_qdq
+    from .verify import format_report, save_report, verify
+
+    precisions = _precisions(args)
+    needs_calib = any(p in precisions for p in ("int8", "cpu-int8"))
+    if needs_calib and not args.calib_data:
+        raise CalibrationError("INT8 needs calibration data and never calibrates on random numbers: pass "
+                               "--calib-data with a folder of person crops, a video (crops come from the person "
+                               "detector), or sysu:ROOT / regdb:ROOT training data")
+    out = Path(args.out)
+    verify_on = not args.no_verify
+    stages = Stages(1 + len(precisions) + (1 if needs_calib or verify_on else 0) + (1 if verify_on else 0)
+                    + (1 if args.engine else 0), args.quiet)
+
+    model, config, ckpt_sha = stages.run(f"loading {args.checkpoint}", model_from_checkpoint, args.checkpoint)
+    contract = model.contract()
+    name = args.name or f"admpff-{config.backbone}-{config.height}x{config.width}"
+    # Calibration problems (no data, an empty folder) surface before any file is written.
+    crops = None
+    if needs_calib or verify_on:
+        sources = args.calib_data
+        if not sources:  # FP32/FP16 verification without calibration data: nothing real to compare on
+            verify_on = verify_on and bool(args.verify_data)
+        else:
+            n_verify = args.verify_samples if verify_on else 0
+            cache = Path(args.calib_cache) if args.calib_cache else out / f"{name}.calib.npz"
+            crops = stages.run(f"collecting {args.calib_samples} calibration + {n_verify} verification crops",
+                               load_or_build, cache, sources, num_samples=args.calib_samples + n_verify,
+                               seed=args.calib_seed, contract=contract)
+            if not args.quiet:
+                print(f"      {crops.summary()}")
+    calib = verify_crops = None
+    if crops is not None:
+        n_cal = max(1, len(crops) - (args.verify_samples if verify_on else 0))
+        calib = _subset(crops, 0, n_cal)
+        verify_crops = _subset(crops, n_cal, len(crops)) if len(crops) > n_cal else _subset(crops, 0, len(crops))
+
+    files: dict[str, Path] = {}
+    files["fp32"] = stages.run(f"exporting FP32 ONNX (opset {args.opset}, onnxslim {'off' if args.no_simplify else 'on'})",
+                               export_fp32, model, contract, out / f"{name}.onnx", checkpoint_sha256=ckpt_sha,
+                               opset=args.opset, do_simplify=not args.no_simplify)
+    if "fp16" in precisions:
+        files["fp16"] = stages.run("converting to FP16 internals (FP32 I/O and head)", convert_fp16,
+                                   files["fp32"], out / f"{name}.fp16.onnx")
+    if "int8" in precisions:
+        r = stages.run(f"INT8 Q/DQ for TensorRT ({args.quantizer}, {args.calib_method}, {len(calib)} crops)",
+                       quantize_tensorrt_qdq, files["fp32"], out / f"{name}.int8.onnx", calib,
+                       method=args.calib_method, quantizer=args.quantizer, extra_exclude=args.keep_float,
+                       ranges_cache=out / f"{name}.int8.ranges.json", opset=args.opset)
+        files["int8-qdq"] = r.path
+        _check_qdq(r.path, args.opset)
+    if "cpu-int8" in precisions:
+        r = stages.run(f"CPU-INT8 (ONNX Runtime QOperator U8S8, {args.calib_method})", quantize_cpu_int8,
+                       files["fp32"], out / f"{name}.cpu-int8.onnx", calib, method=args.calib_method,
+                       extra_exclude=args.keep_float, ranges_cache=out / f"{name}.cpu-int8.ranges.json")
+        files["int8-cpu"] = r.path
+
+    reports = []
+    if verify_on and verify_crops is not None:
+        retrieval = None
+        if args.verify_data:
+            from .verify_data import load_retrieval_data
+            retrieval = load_retrieval_data(args.verify_data, contract, args.verify_max_queries)
+        variants = {p: f for p, f in files.items() if p != "fp32"}
+        reports = stages.run(f"verifying on {len(verify_crops)} held-back crops"
+                             + (f" and {args.verify_data}" if retrieval else ""), verify, files["fp32"], variants,
+                             verify_crops.images, verify_crops.modality, torch_model=model, retrieval=retrieval)
+        save_report(reports, out / f"{name}.verify.json", {"checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt_sha})
+        print("\n" + format_report(reports))
+        for f in reports:
+            if not f.passed:
+                print(f"WARNING: {f.precision} ({f.file}) misses its fidelity bar: {'; '.join(f.failures)}", flush=True)
+
+    engines = {}
+    if args.engine:
+        from .engine_builder import build_engine_from_onnx
+        trt_files = {p: f for p, f in files.items() if p in ("fp32", "fp16", "int8-qdq")}
+        engines = stages.run("building TensorRT engines", _build_engines, build_engine_from_onnx, trt_files, args)
+
+    _summary(files, reports, engines)
+    if args.strict and any(not f.passed for f in reports):
+        return 1
+    return 0
+
+
+def _subset(calset, start: int, stop: int):
+    from dataclasses import replace
+    return replace(calset, images=calset.images[start:stop], modality=calset.modality[start:stop],
+                   origins=list(calset.origins[start:stop]))
+
+
+def _check_qdq(path: Path, opset: int) -> None:
+    from .checkpoint_io import ExportError
+    from .qdq_check import check_qdq_model
+
+    violations = check_qdq_model(path, max_opset=max(opset, 13))
+    if violations:
+        raise ExportError(f"{path.name} breaks TensorRT's Q/DQ rules: {violations[0]} (and {len(violations) - 1} more)")
+
+
+def _build_engines(build, files: dict, args) -> dict:
+    out = {}
+    for precision, onnx_path in files.items():
+        engine = onnx_path.with_suffix(".engine")
+        build(onnx_path, engine, batch=args.batch, workspace_gb=args.workspace)
+        out[precision] = engine
+    return out
+
+
+def _summary(files: dict, reports: list, engines: dict) -> None:
+    verdict = {f.precision: ("ok" if f.passed else "BELOW BAR") for f in reports}
+    print(f"\n{'precision':<10}{'file':<44}{'MB':>8}  {'TensorRT':<9}{'verify':<10}")
+    for precision, path in files.items():
+        trt = "no (CPU)" if precision == "int8-cpu" else "yes"
+        print(f"{precision:<10}{str(path):<44}{os.path.getsize(path) / 2**20:>8.1f}  {trt:<9}{verdict.get(precision, '-'):<10}")
+    for precision, engine in engines.items():
+        print(f"{precision:<10}{str(engine):<44}{os.path.getsize(engine) / 2**20:>8.1f}  engine")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("onnxruntime").setLevel(logging.ERROR)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("admpff-export: interrupted; finished files are complete, nothing half-written was kept", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line, no traceback, for every known failure
+        known = _known_errors()
+        if isinstance(exc, known):
+            print(f"admpff-export: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _known_errors() -> tuple:
+    from admpff.calibration import CalibrationError
+    from admpff.runtime.embedder import ModelLoadError
+
+    from .checkpoint_io import ExportError
+    errors = [ExportError, CalibrationError, ModelLoadError, ValueError, FileNotFoundError]
+    try:
+        from .engine_builder import EngineBuildError
+        errors.append(EngineBuildError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

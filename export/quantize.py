@@ -1,0 +1,201 @@
+"""INT8 variants of the FP32 embedding graph.
+
+* ``quantize_tensorrt_qdq``: explicit Q/DQ for TensorRT 8.5-11: signed int8, zero points 0, per-channel
+  weights on axis 0, per-tensor activations, constant FP32 scales, opset <= 17, biases left in float
+  (TensorRT's parser takes INT8 Q/DQ, not the int32 bias DequantizeLinear ORT would add), and the
+  embedding head left in float.  Quantizer: ONNX Runtime's ``quantize_static`` (default) or NVIDIA Model
+  Optimizer's ONNX PTQ where it is installed (``quantizer="modelopt"``).
+* ``quantize_cpu_int8``: ONNX Runtime's fast CPU form (QOperator, uint8 activations, int8 weights),
+  marked in its metadata as not for TensorRT.
+
+Calibration goes through ``admpff.calibration`` (never random data) in strides, so the entropy
+calibrator's histograms are merged chunk by chunk instead of holding every activation in memory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from admpff.calibration.calibset import CalibrationSet
+from admpff.calibration.reader import CalibrationDataReader, ort_calibrate_method, normalize_calibration_method
+from admpff.runtime.contract import ModelInfo, build_metadata
+
+from .checkpoint_io import ExportError
+from .graph_regions import embedding_head_nodes
+from .onnx_export import read_metadata, save_onnx_atomic, set_metadata
+
+log = logging.getLogger(__name__)
+
+QUANTIZERS = ("ort", "modelopt")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    precision: str
+    quantizer: str
+    method: str
+    seconds: float
+    excluded_nodes: list[str] = field(default_factory=list)
+
+
+class _StridedReader(CalibrationDataReader):
+    """ORT's strided calibration counts ``len(reader)`` and ``set_range`` in the same unit; here: batches."""
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        super().set_range(start_index * self.batch_size, end_index * self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.calset) // self.batch_size)
+
+
+def _stride(total_batches: int, wanted: int) -> int:
+    """The largest divisor of ``total_batches`` not above ``wanted`` (ORT needs an exact division)."""
+    for s in range(min(wanted, total_batches), 0, -1):
+        if total_batches % s == 0:
+            return s
+    return 1
+
+
+def _fp32_source(fp32_path: Path) -> tuple[onnx.ModelProto, ModelInfo]:
+    model = onnx.load(str(fp32_path))
+    info = ModelInfo.from_metadata(read_metadata(model), source=fp32_path.name)
+    if info.precision != "fp32":
+        raise ExportError(f"{fp32_path.name} is {info.precision}; quantization starts from the FP32 file")
+    return model, info
+
+
+def _check_calibration(calset: CalibrationSet | None, info: ModelInfo) -> None:
+    if calset is None or len(calset) == 0:
+        raise ExportError("INT8 needs calibration data: pass --calib-data with a folder of person crops, a video "
+                          "(crops come from the detector), or sysu:ROOT / regdb:ROOT training data")
+    c = info.contract
+    if calset.images.shape[1:] != (3, c.height, c.width):
+        raise ExportError(f"calibration tensors are {calset.images.shape[1:]}, the model takes (3, {c.height}, {c.width})")
+
+
+def _ort_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, method: str, *, qdq: bool,
+                  exclude: list[str], ranges_cache: Path | None, batch_size: int, stride_batches: int) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    reader = _StridedReader(calset, batch_size=batch_size)
+    extra = {
+        "CalibStridedMinMax": _stride(len(reader), stride_batches),  # bounded memory, merged histograms
+        "CalibPercentile": 99.999,
+    }
+    if qdq:
+        extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                      "DedicatedQDQPair": False})
+    ranges_cache_arg = None
+    if ranges_cache is not None:
+        ranges_cache.parent.mkdir(parents=True, exist_ok=True)
+        ranges_cache_arg = str(ranges_cache)
+    quantize_static(
+        str(fp32_path), str(out_path), reader,
+        quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+        # QOperator: the stem MaxPool feeds the modality Where, which has no quantized kernel, and ORT
+        # then loses the MaxPool's float output; Conv/Add/Relu carry the speed-up anyway.
+        op_types_to_quantize=["Conv", "Add", "MaxPool"] if qdq else ["Conv", "Add", "Relu"],
+        per_channel=True,
+        activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude,
+        calibrate_method=ort_calibrate_method(method),
+        extra_options=extra,
+        calibration_cache_path=ranges_cache_arg,
+    )
+
+
+def _modelopt_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, method: str, *, exclude: list[str],
+                       opset: int) -> None:
+    try:
+        from modelopt.onnx.quantization import quantize as modelopt_quantize
+    except ImportError:
+        raise ExportError("NVIDIA Model Optimizer is not installed here: install admpff[modelopt] in its own venv "
+                          "(it brings onnxruntime-gpu, which shadows onnxruntime) or use --quantizer ort") from None
+    from admpff.calibration.reader import modelopt_calibration_method, to_modelopt_calibration_data
+
+    modelopt_quantize(str(fp32_path), quantize_mode="int8", calibration_data=to_modelopt_calibration_data(calset),
+                      calibration_method=modelopt_calibration_method(method), calibration_eps=["cpu"],
+                      high_precision_dtype="fp32", opset=opset,
+                      nodes_to_exclude=[f"^{n}$" for n in exclude], output_path=str(out_path))
+
+
+def _prepare(fp32_path: Path, work: Path) -> Path:
+    """ORT's recommended pre-processing (shape inference) on a copy whose every node has a name."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = onnx.load(str(fp32_path))
+    for i, node in enumerate(model.graph.node):
+        node.name = node.name or f"{node.op_type}_{i}"
+    named = work / "named.onnx"
+    onnx.save(model, str(named))
+    prepared = work / "prepared.onnx"
+    # No ORT graph optimisation: it would fold/fuse nodes into forms TensorRT's parser does not expect.
+    quant_pre_process(str(named), str(prepared), skip_optimization=True, skip_symbolic_shape=False)
+    return prepared
+
+
+def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_ok: bool, details: dict) -> Path:
+    model = onnx.load(str(out_tmp))
+    set_metadata(model, build_metadata(info.contract, precision=precision, checkpoint_sha256=info.checkpoint_sha256,
+                                       tensorrt_compatible=trt_ok, extra=details))
+    onnx.checker.check_model(model)
+    return save_onnx_atomic(model, out_path)
+
+
+def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
+                          method: str = "entropy", quantizer: str = "ort", extra_exclude: list[str] | None = None,
+                          ranges_cache: str | Path | None = None, batch_size: int = 8, stride_batches: int = 4,
+                          opset: int = 17) -> QuantizeResult:
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    _, info = _fp32_source(fp32_path)
+    _check_calibration(calset, info)
+    method = normalize_calibration_method(method)
+    if quantizer not in QUANTIZERS:
+        raise ExportError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="admpff-q-") as tmp:
+        work = Path(tmp)
+        prepared = _prepare(fp32_path, work)
+        exclude = sorted(embedding_head_nodes(onnx.load(str(prepared)))) + list(extra_exclude or [])
+        raw = work / "qdq.onnx"
+        if quantizer == "ort":
+            _ort_quantize(prepared, raw, calset, method, qdq=True, exclude=exclude,
+                          ranges_cache=Path(ranges_cache) if ranges_cache else None, batch_size=batch_size,
+                          stride_batches=stride_batches)
+        else:
+            _modelopt_quantize(prepared, raw, calset, method, exclude=exclude, opset=opset)
+        path = _finish(raw, out_path, info, "int8-qdq", True,
+                       {"quantizer": quantizer, "calibration_method": method, "calibration_samples": len(calset),
+                        "float_nodes": ",".join(extra_exclude or [])})
+    return QuantizeResult(path, "int8-qdq", quantizer, method, time.perf_counter() - t0, list(extra_exclude or []))
+
+
+def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
+                      method: str = "entropy", extra_exclude: list[str] | None = None,
+                      ranges_cache: str | Path | None = None, batch_size: int = 8,
+                      stride_batches: int = 4) -> QuantizeResult:
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    _, info = _fp32_source(fp32_path)
+    _check_calibration(calset, info)
+    method = normalize_calibration_method(method)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="admpff-q-") as tmp:
+        work = Path(tmp)
+        prepared = _prepare(fp32_path, work)
+        exclude = sorted(embedding_head_nodes(onnx.load(str(prepared)))) + list(extra_exclude or [])
+        raw = work / "cpu.onnx"
+        _ort_quantize(prepared, raw, calset, method, qdq=False, exclude=exclude,
+                      ranges_cache=Path(ranges_cache) if ranges_cache else None, batch_size=batch_size,
+                      stride_batches=stride_batches)
+        path = _finish(raw, out_path, info, "int8-cpu", False,
+                       {"quantizer": "ort-qoperator-u8s8", "calibration_method": method,
+                        "calibration_samples": len(calset), "note": "ONNX Runtime CPU only; not for TensorRT"})
+    return QuantizeResult(path, "int8-cpu", "ort", method, time.perf_counter() - t0, list(extra_exclude or []))

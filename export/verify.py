@@ -1,0 +1,158 @@
+"""Fidelity of every exported precision, measured on real crops.
+
+FP32 ONNX is compared with PyTorch; FP16, INT8 Q/DQ and CPU-INT8 with the FP32 ONNX: max abs error,
+cosine per crop (mean and min), top-1 agreement of nearest neighbours among the crops, and, when
+labelled held-out data is given, retrieval mAP beside FP32's.  A precision below its threshold is
+reported loudly (and makes ``admpff-export`` exit non-zero with ``--strict``).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from admpff.runtime.embedder import Embedder, load_embedder
+
+# The fidelity bars of the export issue.
+THRESHOLDS = {
+    "fp32": {"max_abs": 1e-4},
+    "fp16": {"cos_min": 0.9999},
+    "int8-qdq": {"cos_mean": 0.99, "cos_min": 0.97, "map_drop": 1.0},
+    "int8-cpu": {"cos_mean": 0.99, "cos_min": 0.97, "map_drop": 1.0},
+}
+
+
+@dataclass
+class Fidelity:
+    precision: str
+    file: str
+    reference: str
+    crops: int
+    max_abs: float
+    cos_mean: float
+    cos_min: float
+    top1_agreement: float
+    mAP: float | None = None
+    mAP_reference: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def compare(reference: np.ndarray, test: np.ndarray) -> dict:
+    """Per-crop agreement of two embedding sets of the same crops (rows L2-normalised)."""
+    cos = np.sum(reference * test, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(test, axis=1) + 1e-12)
+    return {"max_abs": float(np.abs(reference - test).max()), "cos_mean": float(cos.mean()),
+            "cos_min": float(cos.min()), "top1_agreement": nearest_neighbour_agreement(reference, test)}
+
+
+def nearest_neighbour_agreement(reference: np.ndarray, test: np.ndarray) -> float:
+    """Fraction of crops whose nearest other crop is the same under both embeddings."""
+    if len(reference) < 2:
+        return 1.0
+    def nn(e):
+        sim = e @ e.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+    return float(np.mean(nn(reference) == nn(test)))
+
+
+def judge(f: Fidelity) -> None:
+    bars = THRESHOLDS.get(f.precision, {})
+    if "max_abs" in bars and f.max_abs > bars["max_abs"]:
+        f.failures.append(f"max abs error {f.max_abs:.2e} > {bars['max_abs']:.0e}")
+    if "cos_mean" in bars and f.cos_mean < bars["cos_mean"]:
+        f.failures.append(f"mean cosine {f.cos_mean:.5f} < {bars['cos_mean']}")
+    if "cos_min" in bars and f.cos_min < bars["cos_min"]:
+        f.failures.append(f"min cosine {f.cos_min:.5f} < {bars['cos_min']}")
+    if "map_drop" in bars and f.mAP is not None and f.mAP_reference is not None:
+        drop = f.mAP_reference - f.mAP
+        if drop > bars["map_drop"]:
+            f.failures.append(f"mAP {f.mAP:.2f} is {drop:.2f} points below FP32")
+
+
+def torch_embeddings(model, images: np.ndarray, modality: np.ndarray, contract, batch: int = 16) -> np.ndarray:
+    import torch
+
+    from admpff.runtime.preprocess import normalize_batch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(normalize_batch(images[i:i + batch], contract))
+            out.append(model(x, torch.from_numpy(modality[i:i + batch]).long()).numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class RetrievalData:
+    """Held-out labelled crops: query and gallery, already preprocessed (float32 NCHW 0..255)."""
+
+    name: str
+    query_images: np.ndarray
+    query_modality: np.ndarray
+    query_pids: np.ndarray
+    query_camids: np.ndarray
+    gallery_images: np.ndarray
+    gallery_modality: np.ndarray
+    gallery_pids: np.ndarray
+    gallery_camids: np.ndarray
+    protocol: str  # "sysu" or "regdb"
+
+
+def retrieval_map(embedder: Embedder, data: RetrievalData) -> float:
+    from admpff.training.evaluation import compute_distmat, eval_regdb, eval_sysu
+
+    q = embedder.embed_batch(data.query_images, data.query_modality)
+    g = embedder.embed_batch(data.gallery_images, data.gallery_modality)
+    dist = compute_distmat(q, g)
+    if data.protocol == "sysu":
+        _, mAP, _ = eval_sysu(dist, data.query_pids, data.gallery_pids, data.query_camids, data.gallery_camids)
+    else:
+        _, mAP, _ = eval_regdb(dist, data.query_pids, data.gallery_pids)
+    return 100.0 * float(mAP)
+
+
+def verify(fp32_path: Path, variants: dict[str, Path], images: np.ndarray, modality: np.ndarray, *,
+           torch_model=None, retrieval: RetrievalData | None = None) -> list[Fidelity]:
+    """Measure every file against its reference; returns one Fidelity per file, judged."""
+    reference = load_embedder(fp32_path)
+    ref = reference.embed_batch(images, modality)
+    reports = []
+    ref_map = retrieval_map(reference, retrieval) if retrieval is not None else None
+    if torch_model is not None:
+        pt = torch_embeddings(torch_model, images, modality, reference.contract)
+        f = Fidelity("fp32", fp32_path.name, "pytorch", len(images), **compare(pt, ref), mAP=ref_map)
+        judge(f)
+        reports.append(f)
+    for precision, path in variants.items():
+        emb = load_embedder(path)
+        f = Fidelity(precision, Path(path).name, "fp32 onnx", len(images), **compare(ref, emb.embed_batch(images, modality)))
+        if retrieval is not None:
+            f.mAP, f.mAP_reference = retrieval_map(emb, retrieval), ref_map
+        judge(f)
+        reports.append(f)
+    return reports
+
+
+def format_report(reports: list[Fidelity]) -> str:
+    head = f"{'precision':<10}{'vs':<11}{'crops':>6}{'max abs':>11}{'cos mean':>10}{'cos min':>10}{'top-1 NN':>9}{'mAP':>8}  result"
+    lines = [head, "-" * len(head)]
+    for f in reports:
+        m = f"{f.mAP:8.2f}" if f.mAP is not None else f"{'-':>8}"
+        result = "ok" if f.passed else "FAIL: " + "; ".join(f.failures)
+        lines.append(f"{f.precision:<10}{f.reference:<11}{f.crops:>6}{f.max_abs:>11.2e}{f.cos_mean:>10.6f}"
+                     f"{f.cos_min:>10.6f}{f.top1_agreement:>9.3f}{m}  {result}")
+    return "\n".join(lines)
+
+
+def save_report(reports: list[Fidelity], path: Path, extra: dict | None = None) -> Path:
+    from admpff.runtime.atomic import write_json
+
+    payload = {"thresholds": THRESHOLDS, "results": [dict(asdict(f), passed=f.passed) for f in reports], **(extra or {})}
+    write_json(path, payload)
+    return path

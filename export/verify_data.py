@@ -1,0 +1,57 @@
+"""Held-out labelled crops for retrieval mAP in the verify report (``--verify-data sysu:ROOT``).
+
+Uses the data sets' TEST protocol (SYSU-MM01 all-search, trial-0 gallery; RegDB visible->thermal) through
+the same readers and the same preprocessing as evaluation and the runtime.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from admpff.runtime.contract import INFRARED, VISIBLE, InputContract
+from admpff.runtime.preprocess import crops_to_batch
+
+from .checkpoint_io import ExportError
+from .verify import RetrievalData
+
+
+def _read(paths: list[str], contract: InputContract) -> np.ndarray:
+    import cv2
+
+    crops = []
+    for p in paths:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ExportError(f"cannot read verification image {p}")
+        crops.append(img)
+    return crops_to_batch(crops, contract)
+
+
+def _every(n: int, limit: int) -> np.ndarray:
+    """A deterministic, evenly spread subset of at most ``limit`` indices."""
+    return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(int)
+
+
+def load_retrieval_data(spec: str, contract: InputContract, max_queries: int = 400) -> RetrievalData:
+    kind, _, rest = spec.partition(":")
+    if kind not in ("sysu", "regdb") or not rest:
+        raise ExportError(f"--verify-data must be sysu:ROOT or regdb:ROOT[:trial], not {spec!r}")
+    if kind == "sysu":
+        from admpff.training.datasets.sysu import SYSUMM01
+
+        ds = SYSUMM01(rest)
+        q, g = ds.query("all"), ds.gallery("all", trial=0)
+        q_mod, g_mod = INFRARED, VISIBLE
+    else:
+        from admpff.training.datasets.regdb import RegDB
+
+        root, _, trial = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "1")
+        q, g = RegDB(root, int(trial)).test("visible_to_thermal")
+        q_mod, g_mod = VISIBLE, INFRARED
+    keep = _every(len(q.paths), max_queries)
+    q_paths = [q.paths[i] for i in keep]
+    return RetrievalData(
+        name=spec, protocol=kind,
+        query_images=_read(q_paths, contract), query_modality=np.full(len(keep), q_mod, np.int32),
+        query_pids=np.asarray(q.pids)[keep], query_camids=np.asarray(q.camids)[keep],
+        gallery_images=_read(list(g.paths), contract), gallery_modality=np.full(len(g.paths), g_mod, np.int32),
+        gallery_pids=np.asarray(g.pids), gallery_camids=np.asarray(g.camids))
