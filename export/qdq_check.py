@@ -8,7 +8,8 @@ Rules (see shared/docs/reference-deploy.md §1.6 and onnx/onnx-tensorrt ``docs/o
   Runtime writes by default (``QuantizeBias``) is refused.
 * Scales and zero points are constants (initializers or Constant nodes); scales positive and finite,
   float32 (float16 only from opset 19).
-* Weights (a DequantizeLinear of an initializer feeding a Conv/Gemm/MatMul weight input) are
+* Weights (a DequantizeLinear of an int8 initializer, or Q->DQ of a float initializer, feeding a
+  Conv/Gemm/MatMul weight input) are
   per-channel along the output-channel axis (axis 0 of a Conv ``KxCxRxS``) with one scale per channel,
   and symmetric: values in [-127, 127].
 * Activations are per-tensor (a scalar scale).
@@ -198,9 +199,17 @@ def qdq_summary(model_or_path, *, max_opset: int = TRT85_MAX_OPSET, min_opset: i
         else:
             s.quantized_gemms += quantized
             s.float_gemms += not quantized
-        if quantized and g.nodes[p].input[0] in g.consts:
+        if not quantized:
+            continue
+        source = g.nodes[p].input[0]
+        if source in g.consts:            # DQ(int8 initializer): weights stored quantized (ORT)
             weight_dq.add(p)
             _check_weight(g, p, node, g.names[i], add, s)
+            continue
+        q = g.producer.get(source)        # Q(float initializer) -> DQ: weights quantized at build time
+        if q is not None and g.nodes[q].op_type == "QuantizeLinear" and g.nodes[q].input[0] in g.consts:
+            weight_dq.update({p, q})      # (Model Optimizer, pytorch-quantization); TensorRT folds it
+            _check_weight(g, q, node, g.names[i], add, s)
 
     for i, node in enumerate(g.nodes):
         if node.op_type not in QDQ_OPS:

@@ -13,8 +13,8 @@ calibrator's histograms are merged chunk by chunk instead of holding every activ
 """
 from __future__ import annotations
 
+import inspect
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -92,10 +92,10 @@ def _ort_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, metho
     if qdq:
         extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                       "DedicatedQDQPair": False})
-    ranges_cache_arg = None
-    if ranges_cache is not None:
-        ranges_cache.parent.mkdir(parents=True, exist_ok=True)
-        ranges_cache_arg = str(ranges_cache)
+    cache_kw = {}
+    if ranges_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        ranges_cache.parent.mkdir(parents=True, exist_ok=True)  # ORT >= 1.25 reuses computed ranges
+        cache_kw["calibration_cache_path"] = str(ranges_cache)
     quantize_static(
         str(fp32_path), str(out_path), reader,
         quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
@@ -108,7 +108,7 @@ def _ort_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, metho
         nodes_to_exclude=exclude,
         calibrate_method=ort_calibrate_method(method),
         extra_options=extra,
-        calibration_cache_path=ranges_cache_arg,
+        **cache_kw,
     )
 
 

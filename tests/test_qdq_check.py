@@ -210,3 +210,23 @@ def test_ort_asymmetric_activations_fail_on_zero_points(float_net):
     dst = _ort_quantize(float_net, float_net.with_name("asym.onnx"), WeightSymmetric=True, QuantizeBias=False)
     found = rules(dst)
     assert found["zero-point-nonzero"] > 0, found
+
+
+def _fake_quantized_weights(model, weight_axis=0):
+    """Rewrite DQ(int8 w) into Q(float w) -> DQ, the form Model Optimizer and pytorch-quantization emit."""
+    w_q = next(i for i in model.graph.initializer if i.name == "w_q")
+    w_float = numpy_helper.to_array(w_q).astype(np.float32) * 0.01
+    w_q.CopyFrom(numpy_helper.from_array(w_float, "w_float"))
+    nodes = list(model.graph.node)
+    dq = next(n for n in nodes if n.name == "w_dq")
+    dq.input[0] = "w_qq"
+    q = helper.make_node("QuantizeLinear", ["w_float", "w_scale", "w_zp"], ["w_qq"], name="w_q", axis=weight_axis)
+    model.graph.ClearField("node")
+    model.graph.node.extend([q] + nodes)
+    return model
+
+
+def test_q_dq_pair_on_float_weights_is_a_weight_quantizer():
+    assert not rules(_fake_quantized_weights(_qdq_conv()))
+    assert rules(_fake_quantized_weights(_qdq_conv(weight_scale_len=1)))["weight-per-tensor"] == 1
+    assert rules(_fake_quantized_weights(_qdq_conv(weight_axis=1), weight_axis=1))["weight-axis"] >= 1
