@@ -31,7 +31,7 @@ FORMAT_VERSION = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 #: how a user rebuilds a gallery for the current model (shown when a gallery is refused)
 REBUILD_HINT = ("rebuild it by enrolling the person folders again with the current model "
-                "(admpff-reid enroll, or Gallery.enroll_folder(root, embedder) then save)")
+                "(admpff-reid --model MODEL --gallery NEW.npz --enroll PEOPLE_DIR)")
 
 
 class GalleryError(RuntimeError):

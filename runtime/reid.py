@@ -1,0 +1,413 @@
+"""admpff-reid: detect, track, embed and match people across cameras.
+
+    admpff-reid --model m.cpu-int8.onnx --source lobby=video.avi --out runs/reid
+    admpff-reid --model m.engine --source gate=rtsp://cam1/stream --source yard=0 --modality yard=auto \\
+                --gallery staff.npz --out runs/reid
+    admpff-reid --model m.onnx --gallery staff.npz --enroll people/          # enroll people/<name>/*.jpg only
+
+Per frame and camera: decode -> modality (visible / infrared / auto per frame) -> detect -> track ->
+embed the tracks that are due (new, every N frames, or a better crop) -> match each track's mean
+embedding against the gallery and the identities seen online on every camera.  Writes
+``events.jsonl`` (time, camera, track, box, identity, score), an annotated video per camera and
+``summary.json``; Ctrl-C stops cleanly and leaves complete files.  Imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import resource
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .atomic import write_json
+from .detectors import DetectorError, build_detector
+from .embedder import Embedder, ModelLoadError, load_embedder
+from .gallery import Gallery, GalleryError
+from .matching import IdentityRegistry
+from .modality import ModalitySwitch, normalize_setting
+from .sources import FrameSource, SourceError, open_source, parse_source_spec, redact
+from .tracker import EmbeddingSchedule, Tracker, crop
+
+STAGES = ("decode", "detect", "track", "embed", "match", "write")
+
+
+class StageClock:
+    """Accumulated wall time per pipeline stage."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+        self.calls[stage] += 1
+
+    def timed(self, stage: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.add(stage, time.perf_counter() - t0)
+
+    def per_frame_ms(self, frames: int) -> dict[str, float]:
+        return {s: 1000.0 * self.seconds.get(s, 0.0) / max(frames, 1) for s in STAGES}
+
+
+def _colour(identity: str | None) -> tuple[int, int, int]:
+    if not identity:
+        return (160, 160, 160)
+    h = (hash(identity) * 2654435761) & 0xFFFFFF
+    return (64 + (h & 0x7F), 64 + ((h >> 8) & 0x7F), 64 + ((h >> 16) & 0x7F))
+
+
+@dataclass
+class Camera:
+    name: str
+    source: FrameSource
+    modality_setting: str
+    detector: object
+    tracker: Tracker
+    switch: ModalitySwitch
+    writer: cv2.VideoWriter | None = None
+    video_path: Path | None = None
+    frames: int = 0
+    detections: int = 0
+    modality_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    done: bool = False
+    iterator: object = None
+    reader: "LiveReader | None" = None
+
+
+class LiveReader(threading.Thread):
+    """Reads a live source on its own thread and keeps only the newest frames, so a slow pipeline
+    drops frames instead of lagging, and a camera that reconnects never blocks the others."""
+
+    def __init__(self, source: FrameSource, depth: int = 2):
+        super().__init__(daemon=True, name=f"read-{source.name}")
+        self.source, self.frames = source, queue.Queue(maxsize=depth)
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for item in self.source:
+                if self.frames.full():
+                    try:
+                        self.frames.get_nowait()
+                    except queue.Empty:
+                        pass
+                self.frames.put(item)
+        finally:
+            self.finished.set()
+
+    def next(self, timeout: float = 0.05):
+        try:
+            return self.frames.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+class ReIDPipeline:
+    def __init__(self, embedder: Embedder, registry: IdentityRegistry, out: Path | None, *, write_video: bool = True,
+                 log_every: int = 0):
+        self.embedder, self.registry, self.out = embedder, registry, out
+        self.write_video = write_video and out is not None
+        self.clock = StageClock()
+        self.cameras: list[Camera] = []
+        self.events = None
+        self.embeddings = 0
+        self.frames = 0
+        self.stop_requested = False
+        self.started = time.perf_counter()
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            # line-buffered: each event is one complete line on disk, even after Ctrl-C
+            self.events = open(out / "events.jsonl", "w", buffering=1)
+
+    def add_camera(self, name: str, source: FrameSource, modality: str, detector, tracker: Tracker) -> None:
+        cam = Camera(name, source, modality, detector, tracker, ModalitySwitch())
+        if source.live:
+            cam.reader = LiveReader(source)
+            cam.reader.start()
+        else:
+            cam.iterator = iter(source)
+        self.cameras.append(cam)
+
+    # -- one frame ------------------------------------------------------------------------------
+    def _next_frame(self, cam: Camera):
+        t0 = time.perf_counter()
+        if cam.reader is not None:
+            item = cam.reader.next()
+            if item is None and cam.reader.finished.is_set() and cam.reader.frames.empty():
+                cam.done = True
+        else:
+            item = next(cam.iterator, None)
+            cam.done = item is None
+        if item is not None:
+            self.clock.add("decode", time.perf_counter() - t0)
+        return item
+
+    def _modality(self, cam: Camera, frame: np.ndarray) -> str:
+        if cam.modality_setting == "auto":
+            return cam.switch.update(frame)
+        return cam.modality_setting
+
+    def process(self, cam: Camera, item) -> None:
+        index, timestamp, frame = item
+        modality = self._modality(cam, frame)
+        cam.modality_frames[modality] += 1
+        boxes, scores = self.clock.timed("detect", cam.detector.detect, frame, frame_index=index)
+        cam.detections += len(boxes)
+        self.clock.timed("track", cam.tracker.update, boxes, scores, frame_index=index, frame_shape=frame.shape)
+
+        due = cam.tracker.tracks_to_embed(frame.shape)
+        if due:
+            t0 = time.perf_counter()
+            crops = [crop(frame, t.box) for t in due]
+            emb = self.embedder.embed(crops, modality)
+            cam.tracker.record_embeddings(due, emb, modality=modality, frame_shape=frame.shape)
+            self.embeddings += len(due)
+            self.clock.add("embed", time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        active = [t for t in cam.tracker.active_tracks if t.mean_embedding() is not None]
+        taken: set[str] = set()
+        for track in sorted(active, key=lambda t: -(t.hits)):  # long-lived tracks keep their ids first
+            a = self.registry.assign(track.mean_embedding(), camera=cam.name, previous=track.identity,
+                                     exclude=taken, timestamp=timestamp)
+            track.identity, track.identity_score = a.identity, a.score
+            taken.add(a.identity)
+        self.clock.add("match", time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        if self.events is not None:
+            lines = []
+            for t in active:
+                x1, y1, x2, y2 = (round(float(v), 1) for v in t.box)
+                lines.append(json.dumps({"time": round(float(timestamp), 3), "frame": int(index), "camera": cam.name,
+                                         "track": int(t.track_id), "box": [x1, y1, x2, y2], "identity": t.identity,
+                                         "known": bool(self.registry.identities[t.identity].known),
+                                         "score": round(float(t.identity_score), 4), "modality": modality}))
+            if lines:
+                self.events.write("\n".join(lines) + "\n")
+        if self.write_video:
+            self._annotate(cam, frame, modality, active)
+        self.clock.add("write", time.perf_counter() - t0)
+        cam.frames += 1
+        self.frames += 1
+
+    def _annotate(self, cam: Camera, frame: np.ndarray, modality: str, active) -> None:
+        if cam.writer is None:
+            h, w = frame.shape[:2]
+            cam.video_path = self.out / f"{cam.name}.avi"
+            fps = cam.source.fps if cam.source.fps and cam.source.fps < 240 else 10.0
+            cam.writer = cv2.VideoWriter(str(cam.video_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+        img = frame.copy()
+        for t in cam.tracker.active_tracks:
+            x1, y1, x2, y2 = (int(round(float(v))) for v in t.box)
+            colour = _colour(t.identity)
+            cv2.rectangle(img, (x1, y1), (x2, y2), colour, 2)
+            label = f"{t.identity or '...'}"
+            if t.identity_score is not None and t.identity_score >= 0:
+                label += f" {t.identity_score:.2f}"
+            cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 2, cv2.LINE_AA)
+        elapsed = max(time.perf_counter() - self.started, 1e-6)
+        cv2.putText(img, f"{cam.name}  {modality}  {self.frames / elapsed:.1f} fps", (8, 20),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        cam.writer.write(img)
+
+    # -- the loop ---------------------------------------------------------------------------------
+    def run(self, max_frames: int | None = None, progress: bool = True) -> dict:
+        from tqdm import tqdm
+
+        total = sum(c.source.frame_count for c in self.cameras if not c.source.live) or None
+        if max_frames:
+            total = min(total or max_frames * len(self.cameras), max_frames * len(self.cameras))
+        bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="reid")
+        try:
+            while not self.stop_requested and not all(c.done for c in self.cameras):
+                for cam in self.cameras:
+                    if cam.done or (max_frames and cam.frames >= max_frames):
+                        cam.done = True
+                        continue
+                    item = self._next_frame(cam)
+                    if item is None:
+                        continue
+                    self.process(cam, item)
+                    bar.update(1)
+                    if self.frames % 10 == 0:
+                        ms = self.clock.per_frame_ms(self.frames)
+                        bar.set_postfix_str(" ".join(f"{s} {ms[s]:.0f}ms" for s in STAGES if ms[s] >= 0.5)
+                                            + f" | emb {self.embeddings}")
+        except KeyboardInterrupt:
+            self.stop_requested = True
+        finally:
+            bar.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        for cam in self.cameras:
+            cam.source.stop() if hasattr(cam.source, "stop") else None
+            if cam.writer is not None:
+                cam.writer.release()  # writes the AVI index: the file is complete
+                cam.writer = None
+            cam.source.close()
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        summary = self.summary()
+        if self.out is not None:
+            write_json(self.out / "summary.json", summary)
+        return summary
+
+    def summary(self) -> dict:
+        elapsed = time.perf_counter() - self.started
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ms = self.clock.per_frame_ms(self.frames)
+        identities = {name: sorted(self.registry.cameras_of(name)) for name in self.registry.identities}
+        return {
+            "model": self.embedder.describe(), "precision": self.embedder.info.precision,
+            "frames": self.frames, "seconds": round(elapsed, 2),
+            "fps_end_to_end": round(self.frames / max(elapsed, 1e-9), 2),
+            "stage_ms_per_frame": {k: round(v, 2) for k, v in ms.items()},
+            "stage_fps": {k: (round(1000.0 / v, 1) if v > 0 else None) for k, v in ms.items()},
+            "embeddings": self.embeddings,
+            "embeddings_per_s": round(self.embeddings / max(elapsed, 1e-9), 2),
+            "embed_ms_per_crop": round(1000.0 * self.clock.seconds.get("embed", 0.0) / max(self.embeddings, 1), 1),
+            "empty_crops": self.embedder.empty_crops,
+            "peak_rss_mb": round(peak_kb / 1024.0, 1),
+            "cameras": {c.name: {"uri": redact(c.source.uri), "frames": c.frames, "detections": c.detections,
+                                 "modality_frames": dict(c.modality_frames), "reconnects": c.source.reconnects,
+                                 "tracks": c.tracker.tracks_started,
+                                 "video": str(c.video_path) if c.video_path else None} for c in self.cameras},
+            "identities": identities,
+            "identities_on_several_cameras": sorted(n for n, cams in identities.items() if len(cams) > 1),
+            "interrupted": self.stop_requested,
+        }
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"{s['frames']} frames in {s['seconds']} s: {s['fps_end_to_end']} frames/s end to end, "
+             f"{s['embeddings']} embeddings ({s['embeddings_per_s']}/s, {s['embed_ms_per_crop']} ms/crop), "
+             f"{len(s['identities'])} identities, peak RSS {s['peak_rss_mb']} MB",
+             f"{'stage':<8}{'ms/frame':>10}{'frames/s':>10}"]
+    for stage in STAGES:
+        v = s["stage_ms_per_frame"][stage]
+        fps = s["stage_fps"][stage]
+        lines.append(f"{stage:<8}{v:>10.1f}{(f'{fps:.1f}' if fps else '-'):>10}")
+    return "\n".join(lines)
+
+
+# -- command line -------------------------------------------------------------------------------
+def _modality_map(values: list[str]) -> tuple[str, dict[str, str]]:
+    default, per_camera = "auto", {}
+    for v in values:
+        if "=" in v:
+            name, mode = v.split("=", 1)
+            per_camera[name] = normalize_setting(mode)
+        else:
+            default = normalize_setting(v)
+    return default, per_camera
+
+
+def _tracker_for(detector, args) -> Tracker:
+    low, high = getattr(detector, "score_range_hint", (0.0, 1.0))
+    # HOG scores are SVM margins (about 0..4), YOLO and MOT scores probabilities.
+    high_score = 0.5 if high > 1.0 else 0.4
+    low_score = 0.0 if high > 1.0 else 0.1
+    return Tracker(schedule=EmbeddingSchedule(every_n=args.embed_every, keep_last=args.mean_of),
+                   high_score=high_score, low_score=low_score)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    doc = __doc__.split("\n\n")
+    ap = argparse.ArgumentParser(prog="admpff-reid", description=doc[0], epilog="\n\n".join(doc[1:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help=".onnx (ONNX Runtime) or .engine (TensorRT) from admpff-export")
+    ap.add_argument("--source", action="append", default=[], metavar="NAME=URI",
+                    help="video file, rtsp:// or http:// stream, USB camera index, or GStreamer pipeline; repeatable")
+    ap.add_argument("--modality", action="append", default=[], metavar="[NAME=]MODE",
+                    help="visible, infrared or auto (default auto: decided per frame from chroma)")
+    ap.add_argument("--detector", default="hog", help="hog (built in), a YOLO .onnx, or a MOT-challenge .txt")
+    ap.add_argument("--gallery", default=None, help="gallery file of known people (.npz)")
+    ap.add_argument("--enroll", default=None, metavar="DIR", help="enroll DIR/<person>/*.jpg into --gallery first")
+    ap.add_argument("--enroll-modality", default="visible")
+    ap.add_argument("--update-gallery", action="store_true",
+                    help="after the run, add the people seen online to --gallery (from live tracks)")
+    ap.add_argument("--threshold", type=float, default=0.6, help="cosine similarity to accept a match")
+    ap.add_argument("--embed-every", type=int, default=10, help="re-embed a track every N frames")
+    ap.add_argument("--mean-of", type=int, default=8, help="match a track by the mean of its last k embeddings")
+    ap.add_argument("--max-frames", type=int, default=None, help="stop each camera after N frames")
+    ap.add_argument("--out", default=None, help="folder for events.jsonl, <camera>.avi and summary.json")
+    ap.add_argument("--no-video", action="store_true", help="do not write annotated videos")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--quiet", action="store_true")
+    return ap
+
+
+def run(args) -> int:
+    embedder = load_embedder(args.model, **({"intra_op_threads": args.threads} if args.threads and
+                                             args.model.endswith(".onnx") else {}))
+    gallery = None
+    if args.enroll:
+        if not args.gallery:
+            raise GalleryError("--enroll needs --gallery FILE to write the enrolled people to")
+        gallery = Gallery.load_for(args.gallery, embedder) if Path(args.gallery).exists() else Gallery.for_embedder(embedder)
+        report = gallery.enroll_folder(args.enroll, embedder, modality=args.enroll_modality)
+        gallery.save(args.gallery)
+        print(f"enrolled {report.images} images of {report.people} people into {args.gallery}"
+              + (f" ({report.skipped_count} unreadable skipped)" if report.skipped_count else ""))
+    elif args.gallery:
+        gallery = Gallery.load_for(args.gallery, embedder)
+    if not args.source:
+        if args.enroll:
+            return 0
+        raise SourceError("no --source given: name at least one camera, e.g. --source lobby=video.avi")
+
+    registry = IdentityRegistry(gallery, threshold=args.threshold)
+    pipeline = ReIDPipeline(embedder, registry, Path(args.out) if args.out else None, write_video=not args.no_video)
+    default_mode, per_camera = _modality_map(args.modality)
+    try:
+        for spec in args.source:
+            s = parse_source_spec(spec, default_name=f"cam{len(pipeline.cameras) + 1}")
+            detector = build_detector(args.detector)
+            pipeline.add_camera(s.name, open_source(s), per_camera.get(s.name, default_mode), detector,
+                                _tracker_for(detector, args))
+    except BaseException:
+        pipeline.finish()
+        raise
+    # A second Ctrl-C during shutdown must not cut the files short: ignore it while finishing.
+    summary = pipeline.run(max_frames=args.max_frames, progress=not args.quiet)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.update_gallery and args.gallery:
+        gallery = gallery or Gallery.for_embedder(embedder)
+        for name, ident in registry.identities.items():
+            if not ident.known and ident.bank:
+                gallery.add(name, np.stack(ident.bank))
+        gallery.save(args.gallery)
+    print(format_summary(summary))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'events.jsonl'}, {Path(args.out) / 'summary.json'}"
+              + "".join(f", {c['video']}" for c in summary["cameras"].values() if c["video"]))
+    return 130 if summary["interrupted"] else 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except (ModelLoadError, SourceError, GalleryError, DetectorError, ValueError, FileNotFoundError) as exc:
+        print(f"admpff-reid: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
