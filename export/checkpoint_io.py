@@ -6,6 +6,7 @@ Export depends only on the checkpoint artifact: ``config.model`` (a ``ModelConfi
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 
@@ -21,22 +22,28 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _torch_load(torch, path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def load_checkpoint(path: str | Path) -> dict:
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"checkpoint not found: {path}")
-    try:
-        # Training checkpoints hold plain containers, tensors and numpy RNG state; try the safe loader
-        # first and fall back only for numpy objects written by older torch versions.
+    # torch's own pickle warnings would bury the one-line error; checkpoints hold plain containers,
+    # tensors and numpy RNG state, so try the safe loader first.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"checkpoint {path} is corrupt or not a PyTorch file ({msg})") from None
+            ckpt = _torch_load(torch, path)
+        except Exception as exc:
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"checkpoint {path} is corrupt or not a PyTorch file ({msg})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ExportError(f"{path} is not an admpff checkpoint (needs 'model' and 'config'; "
                           "train with admpff-train or save {'model': state_dict, 'config': {'model': ...}})")
