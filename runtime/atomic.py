@@ -23,6 +23,10 @@ __all__ = ["atomic_write", "atomic_open", "write_bytes", "write_text", "write_js
            "backup_path"]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def backup_path(path: str | os.PathLike) -> Path:
     """Where :func:`atomic_write` keeps the previous version of ``path``."""
     path = Path(path)
@@ -61,6 +65,7 @@ def atomic_open(path: str | os.PathLike, *, keep_backup: bool = False) -> Iterat
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
         if keep_backup and path.exists():
             # copy (not rename) so that `path` exists at every instant, even if we crash right here
             shutil.copy2(path, backup_path(path))
