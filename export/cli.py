@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Q/DQ quantizer: ONNX Runtime quantize_static (default) or NVIDIA Model Optimizer")
     cal.add_argument("--keep-float", action="append", default=[], metavar="NODE",
                      help="ONNX node name to leave unquantized (repeatable), on top of the embedding head")
+    cal.add_argument("--auto-float", type=int, default=4, metavar="K",
+                     help="when INT8 Q/DQ misses its fidelity bar, rank layers by sensitivity, keep the worst K "
+                          "convolutions in float and re-quantize (default 4; 0 = off)")
     g = ap.add_argument_group("graph")
     g.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17: TensorRT 8.5 parses <= 17)")
     g.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
@@ -163,7 +166,12 @@ def run(args) -> int:
         reports = stages.run(f"verifying on {len(verify_crops)} held-back crops"
                              + (f" and {args.verify_data}" if retrieval else ""), verify, files["fp32"], variants,
                              verify_crops.images, verify_crops.modality, torch_model=model, retrieval=retrieval)
-        save_report(reports, out / f"{name}.verify.json", {"checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt_sha})
+        extra = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt_sha}
+        failed = next((f for f in reports if f.precision == "int8-qdq" and not f.passed), None)
+        if failed is not None and args.auto_float > 0:
+            reports, extra["sensitivity"] = _keep_sensitive_layers_float(
+                stages, args, files, calib, verify_crops, retrieval, reports, name, out)
+        save_report(reports, out / f"{name}.verify.json", extra)
         print("\n" + format_report(reports))
         for f in reports:
             if not f.passed:
@@ -179,6 +187,39 @@ def run(args) -> int:
     if args.strict and any(not f.passed for f in reports):
         return 1
     return 0
+
+
+def _keep_sensitive_layers_float(stages, args, files, calib, verify_crops, retrieval, reports, name, out):
+    """INT8 missed its bar: find the convolutions that cost the most and keep them in float."""
+    from .quantize import quantize_tensorrt_qdq
+    from .sensitivity import conv_sensitivity
+    from .verify import verify
+
+    probe = _subset(calib, 0, min(16, len(calib)))  # rank on calibration crops, judge on the held-back ones
+    stages.total += 2
+    ranking = stages.run(f"INT8 missed its bar: per-layer sensitivity on {len(probe)} crops", conv_sensitivity,
+                         files["fp32"], files["int8-qdq"], probe.images, probe.modality)
+    keep = [e.node for e in ranking[:args.auto_float]]
+    print("      most sensitive: " + ", ".join(f"{e.node} (+{e.added:.4f})" for e in ranking[:args.auto_float]))
+    retry = out / f"{name}.int8.retry.onnx"
+    stages.run(f"re-quantizing with {len(keep)} layers kept in float", quantize_tensorrt_qdq, files["fp32"], retry,
+               calib, method=args.calib_method, quantizer=args.quantizer, extra_exclude=args.keep_float + keep,
+               ranges_cache=out / f"{name}.int8.ranges.json", opset=args.opset)
+    _check_qdq(retry, args.opset)
+    again = verify(files["fp32"], {"int8-qdq": retry}, verify_crops.images, verify_crops.modality,
+                   retrieval=retrieval)[0]
+    before = next(f for f in reports if f.precision == "int8-qdq")
+    better = again.passed or (again.cos_mean > before.cos_mean and (again.mAP or 0) >= (before.mAP or 0))
+    if better:
+        retry.replace(files["int8-qdq"])
+        again.file = files["int8-qdq"].name
+        reports = [again if f is before else f for f in reports]
+        print(f"      kept in float: {', '.join(keep)}; INT8 now {'meets' if again.passed else 'still misses'} its bar")
+    else:
+        retry.unlink()
+        print("      keeping layers in float did not help; the first INT8 file stays")
+    return reports, {"ranked": [e.to_dict() for e in ranking[:20]], "kept_float": keep if better else [],
+                     "probe_crops": len(probe)}
 
 
 def _subset(calset, start: int, stop: int):
