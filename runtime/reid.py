@@ -83,8 +83,7 @@ class Camera:
     detections: int = 0
     modality_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     done: bool = False
-    iterator: object = None
-    reader: "LiveReader | None" = None
+    frontend: "FrontEnd | None" = None
 
 
 class LiveReader(threading.Thread):
@@ -115,6 +114,66 @@ class LiveReader(threading.Thread):
             return None
 
 
+class FrontEnd(threading.Thread):
+    """Decode -> modality -> detect for one camera, running one frame ahead of tracking, embedding and
+    writing: OpenCV and ONNX Runtime release the GIL, so detection overlaps the rest of the pipeline.
+    A file is read without dropping frames (the queue applies back-pressure); a live source goes through
+    a ``LiveReader`` that keeps only the newest frames."""
+
+    def __init__(self, cam: "Camera", max_frames: int | None, depth: int = 2):
+        super().__init__(daemon=True, name=f"frontend-{cam.name}")
+        self.cam, self.max_frames = cam, max_frames
+        self.out: queue.Queue = queue.Queue(maxsize=depth)
+        self.clock = StageClock()
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+
+    def _frames(self):
+        if self.cam.source.live:
+            reader = LiveReader(self.cam.source)
+            reader.start()
+            while not self.stopping.is_set():
+                item = reader.next()
+                if item is not None:
+                    yield item
+                elif reader.finished.is_set() and reader.frames.empty():
+                    return
+        else:
+            yield from self.cam.source
+
+    def _put(self, value) -> bool:
+        while not self.stopping.is_set():
+            try:
+                self.out.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        cam, n = self.cam, 0
+        try:
+            frames = self._frames()
+            while not self.stopping.is_set() and (not self.max_frames or n < self.max_frames):
+                t0 = time.perf_counter()
+                item = next(frames, None)
+                if item is None:
+                    break
+                self.clock.add("decode", time.perf_counter() - t0)
+                modality = cam.switch.update(item.frame) if cam.modality_setting == "auto" else cam.modality_setting
+                boxes, scores = self.clock.timed("detect", cam.detector.detect, item.frame, frame_index=item.index)
+                if not self._put((item, modality, boxes, scores)):
+                    break
+                n += 1
+        except BaseException as exc:  # surfaced by the main loop
+            self.error = exc
+        finally:
+            self._put(None)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
 class ReIDPipeline:
     def __init__(self, embedder: Embedder, registry: IdentityRegistry, out: Path | None, *, write_video: bool = True,
                  log_every: int = 0):
@@ -133,38 +192,12 @@ class ReIDPipeline:
             self.events = open(out / "events.jsonl", "w", buffering=1)
 
     def add_camera(self, name: str, source: FrameSource, modality: str, detector, tracker: Tracker) -> None:
-        cam = Camera(name, source, modality, detector, tracker, ModalitySwitch())
-        if source.live:
-            cam.reader = LiveReader(source)
-            cam.reader.start()
-        else:
-            cam.iterator = iter(source)
-        self.cameras.append(cam)
+        self.cameras.append(Camera(name, source, modality, detector, tracker, ModalitySwitch()))
 
     # -- one frame ------------------------------------------------------------------------------
-    def _next_frame(self, cam: Camera):
-        t0 = time.perf_counter()
-        if cam.reader is not None:
-            item = cam.reader.next()
-            if item is None and cam.reader.finished.is_set() and cam.reader.frames.empty():
-                cam.done = True
-        else:
-            item = next(cam.iterator, None)
-            cam.done = item is None
-        if item is not None:
-            self.clock.add("decode", time.perf_counter() - t0)
-        return item
-
-    def _modality(self, cam: Camera, frame: np.ndarray) -> str:
-        if cam.modality_setting == "auto":
-            return cam.switch.update(frame)
-        return cam.modality_setting
-
-    def process(self, cam: Camera, item) -> None:
+    def process(self, cam: Camera, item, modality: str, boxes: np.ndarray, scores: np.ndarray) -> None:
         index, timestamp, frame = item
-        modality = self._modality(cam, frame)
         cam.modality_frames[modality] += 1
-        boxes, scores = self.clock.timed("detect", cam.detector.detect, frame, frame_index=index)
         cam.detections += len(boxes)
         self.clock.timed("track", cam.tracker.update, boxes, scores, frame_index=index, frame_shape=frame.shape)
 
@@ -232,16 +265,24 @@ class ReIDPipeline:
         if max_frames:
             total = min(total or max_frames * len(self.cameras), max_frames * len(self.cameras))
         bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True, desc="reid")
+        for cam in self.cameras:
+            cam.frontend = FrontEnd(cam, max_frames)
+            cam.frontend.start()
         try:
             while not self.stop_requested and not all(c.done for c in self.cameras):
                 for cam in self.cameras:
-                    if cam.done or (max_frames and cam.frames >= max_frames):
+                    if cam.done:
+                        continue
+                    try:
+                        got = cam.frontend.out.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    if got is None:
                         cam.done = True
+                        if cam.frontend.error is not None:
+                            raise cam.frontend.error
                         continue
-                    item = self._next_frame(cam)
-                    if item is None:
-                        continue
-                    self.process(cam, item)
+                    self.process(cam, *got)
                     bar.update(1)
                     if self.frames % 10 == 0:
                         ms = self.clock.per_frame_ms(self.frames)
@@ -255,7 +296,14 @@ class ReIDPipeline:
 
     def finish(self) -> dict:
         for cam in self.cameras:
-            cam.source.stop() if hasattr(cam.source, "stop") else None
+            if cam.frontend is not None:
+                cam.frontend.stop()
+                cam.frontend.join(timeout=5)
+                for stage, seconds in cam.frontend.clock.seconds.items():
+                    self.clock.seconds[stage] += seconds
+                    self.clock.calls[stage] += cam.frontend.clock.calls[stage]
+                cam.frontend = None
+            cam.source.stop()
             if cam.writer is not None:
                 cam.writer.release()  # writes the AVI index: the file is complete
                 cam.writer = None

@@ -109,3 +109,28 @@ def test_runtime_never_imports_torch():
             "import admpff.runtime.tracker, admpff.runtime.detectors, admpff.runtime.sources; "
             "assert 'torch' not in sys.modules, 'runtime pulled in torch'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@needs_clip
+def test_ctrl_c_leaves_complete_files(model, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "int"
+    proc = subprocess.Popen([sys.executable, "-m", "admpff.runtime.reid", "--model", str(model), "--source",
+                             f"lobby={CLIP}", "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((out / "events.jsonl").exists() and (out / "events.jsonl").stat().st_size > 2000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    for line in (out / "events.jsonl").read_text().splitlines():
+        json.loads(line)  # every line complete
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and 0 < summary["frames"] < 795
+    cap = cv2.VideoCapture(str(out / "lobby.avi"))
+    ok, frame = cap.read()
+    assert ok and frame.shape == (576, 768, 3)
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == summary["frames"]
