@@ -106,7 +106,8 @@ class OnnxRuntimeEmbedder(Embedder):
     PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
     def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
-                 provider_options: dict[str, dict] | None = None, intra_op_threads: int | None = None):
+                 provider_options: dict[str, dict] | None = None, intra_op_threads: int | None = None,
+                 spin: bool = False):
         import onnxruntime as ort
 
         path = Path(path)
@@ -124,6 +125,10 @@ class OnnxRuntimeEmbedder(Embedder):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             so.intra_op_num_threads = intra_op_threads
+        if not spin:
+            # ORT's idle worker threads spin by default; next to a detector and a decoder on a few cores
+            # (a Jetson, this 2-core box) they steal the CPU the other stages need.
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers),
                                                 provider_options=options)

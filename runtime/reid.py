@@ -268,6 +268,13 @@ class ReIDPipeline:
         for cam in self.cameras:
             cam.frontend = FrontEnd(cam, max_frames)
             cam.frontend.start()
+        # Ctrl-C sets a flag the loop checks between frames, so no file is cut mid-write; a second
+        # Ctrl-C falls back to Python's default and interrupts at once.
+        def request_stop(signum, frame):
+            self.stop_requested = True
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        previous = signal.signal(signal.SIGINT, request_stop) if threading.current_thread() is threading.main_thread() else None
         try:
             while not self.stop_requested and not all(c.done for c in self.cameras):
                 for cam in self.cameras:
@@ -291,23 +298,27 @@ class ReIDPipeline:
         except KeyboardInterrupt:
             self.stop_requested = True
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             bar.close()
         return self.finish()
 
     def finish(self) -> dict:
         for cam in self.cameras:
+            reader_alive = False
             if cam.frontend is not None:
                 cam.frontend.stop()
-                cam.frontend.join(timeout=5)
+                cam.frontend.join(timeout=30)  # detection of the frame in hand finishes first
                 for stage, seconds in cam.frontend.clock.seconds.items():
                     self.clock.seconds[stage] += seconds
                     self.clock.calls[stage] += cam.frontend.clock.calls[stage]
-                cam.frontend = None
-            cam.source.stop()
+                reader_alive, cam.frontend = cam.frontend.is_alive(), None
             if cam.writer is not None:
                 cam.writer.release()  # writes the AVI index: the file is complete
                 cam.writer = None
-            cam.source.close()
+            cam.source.stop()
+            if not reader_alive:  # never release a capture another thread is still reading from
+                cam.source.close()
         if self.events is not None:
             self.events.close()
             self.events = None
@@ -432,9 +443,7 @@ def run(args) -> int:
     except BaseException:
         pipeline.finish()
         raise
-    # A second Ctrl-C during shutdown must not cut the files short: ignore it while finishing.
     summary = pipeline.run(max_frames=args.max_frames, progress=not args.quiet)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.update_gallery and args.gallery:
         gallery = gallery or Gallery.for_embedder(embedder)
         for name, ident in registry.identities.items():
