@@ -151,7 +151,7 @@ def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_
 
 
 def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
-                          method: str = "entropy", quantizer: str = "ort", extra_exclude: list[str] | None = None,
+                          method: str = "percentile", quantizer: str = "ort", extra_exclude: list[str] | None = None,
                           ranges_cache: str | Path | None = None, batch_size: int = 8, stride_batches: int = 4,
                           opset: int = 17) -> QuantizeResult:
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -179,7 +179,7 @@ def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: C
 
 
 def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
-                      method: str = "entropy", extra_exclude: list[str] | None = None,
+                      method: str = "percentile", extra_exclude: list[str] | None = None,
                       ranges_cache: str | Path | None = None, batch_size: int = 8,
                       stride_batches: int = 4) -> QuantizeResult:
     fp32_path, out_path = Path(fp32_path), Path(out_path)
