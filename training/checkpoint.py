@@ -62,6 +62,12 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save(obj)`` to ``path`` via temp file + fsync + ``os.replace`` in the same directory."""
     path = os.fspath(path)
@@ -69,6 +75,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

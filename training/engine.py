@@ -57,7 +57,7 @@ from .datasets.common import DatasetError, make_split
 from .features import cache_images, default_cache_dir, evaluate_regdb, evaluate_sysu
 from .losses import MGJLoss
 from .model import ADMPFFNet, build_model, check_input_size
-from .sampler import IdentitySampler, SamplerError
+from .sampler import IdentitySampler
 from .transforms import Normalizer, TrainAugment
 
 log = logging.getLogger(__name__)
@@ -385,7 +385,10 @@ class Trainer:
         self.model.to(self.device)
         self.train_model: nn.Module = self.model
         if self.dist.enabled:
-            if config.sync_bn:
+            if config.sync_bn and not self.cuda:
+                log.warning("--sync-bn needs CUDA (SyncBatchNorm works only with GPU modules); ignored on %s",
+                            self.device)
+            elif config.sync_bn:
                 self.train_model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
                 self.model = self.train_model
             self.train_model = nn.parallel.DistributedDataParallel(
@@ -546,6 +549,12 @@ class Trainer:
         summary = {k: v for k, v in result["summary"].items() if k != "cmc"}
         return {"split": "validation" if self.data.eval_is_validation else "test", **summary}
 
+    def collapsed(self, terms: dict, tolerance: float = 0.01) -> bool:
+        """True when every triplet term sits at the margin: all centres coincide (dead stripe features)."""
+        tri = [v for k, v in terms.items() if k.startswith("tri/")]
+        margin = self.config.margin
+        return bool(tri) and margin > 0 and all(abs(v - margin) <= tolerance * margin for v in tri)
+
     def _should_eval(self, epoch_done: int) -> bool:
         every = self.config.eval_every
         if every and epoch_done % every == 0:
@@ -571,6 +580,12 @@ class Trainer:
                 self.scheduler.step()
                 done = epoch + 1
                 record = {"event": "epoch", "epoch": done, "time": time.time(), **stats}
+                if self.collapsed(stats["terms"]):
+                    record["collapsed"] = True
+                    if self.is_main:
+                        log.warning("epoch %d: every hetero-center triplet term equals the margin (%.2f): the stripe "
+                                    "features have collapsed to a constant (HcTri issue #27, 'TLoss stuck'); lower "
+                                    "--lr or start from pretrained weights", done, config.margin)
                 improved = False
                 if self._should_eval(done):
                     if self.is_main:
