@@ -125,6 +125,13 @@ def _modelopt_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, 
                       calibration_method=modelopt_calibration_method(method), calibration_eps=["cpu"],
                       high_precision_dtype="fp32", opset=opset,
                       nodes_to_exclude=[f"^{n}$" for n in exclude], output_path=str(out_path))
+    # Model Optimizer 0.47 writes opset 19 whatever is asked; with FP32 scales its Q/DQ converts down
+    # losslessly (checked: identical outputs), which TensorRT 8.5 (JetPack 5) needs.
+    model = onnx.load(str(out_path))
+    written = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if written > opset:
+        from onnx import version_converter
+        onnx.save(version_converter.convert_version(model, opset), str(out_path))
 
 
 def _prepare(fp32_path: Path, work: Path) -> Path:
