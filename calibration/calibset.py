@@ -11,13 +11,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from admpff.runtime.atomic import atomic_open
 from admpff.runtime.contract import DEFAULT_CONTRACT, INFRARED, MODALITY_NAMES, VISIBLE, InputContract
 from admpff.runtime.preprocess import crops_to_batch
 
@@ -116,19 +116,8 @@ class CalibrationSet:
             arrays["images_u8"] = images.astype(np.uint8)
         else:
             arrays["images"] = images
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:  # a file object: np.savez then adds no ".npz" of its own
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())  # the data is on disk before the rename makes it visible
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_open(path) as handle:  # a file object: np.savez then adds no ".npz" of its own
+            np.savez(handle, **arrays)
         return path
 
     @classmethod

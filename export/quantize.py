@@ -13,6 +13,7 @@ calibrator's histograms are merged chunk by chunk instead of holding every activ
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import tempfile
@@ -149,6 +150,18 @@ def _prepare(fp32_path: Path, work: Path) -> Path:
     return prepared
 
 
+@contextlib.contextmanager
+def _workspace(fp32_path: Path, calset: CalibrationSet | None, extra_exclude: list[str] | None):
+    """Checked inputs, a prepared copy of the FP32 graph and the nodes to leave in float."""
+    _, info = _fp32_source(fp32_path)
+    _check_calibration(calset, info)
+    with tempfile.TemporaryDirectory(prefix="admpff-q-") as tmp:
+        work = Path(tmp)
+        prepared = _prepare(fp32_path, work)
+        exclude = sorted(embedding_head_nodes(onnx.load(str(prepared)))) + list(extra_exclude or [])
+        yield info, prepared, exclude, work
+
+
 def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_ok: bool, details: dict) -> Path:
     model = onnx.load(str(out_tmp))
     set_metadata(model, build_metadata(info.contract, precision=precision, checkpoint_sha256=info.checkpoint_sha256,
@@ -162,16 +175,11 @@ def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: C
                           ranges_cache: str | Path | None = None, batch_size: int = 8, stride_batches: int = 4,
                           opset: int = 17) -> QuantizeResult:
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    _, info = _fp32_source(fp32_path)
-    _check_calibration(calset, info)
     method = normalize_calibration_method(method)
     if quantizer not in QUANTIZERS:
         raise ExportError(f"unknown quantizer {quantizer!r}; choose one of {', '.join(QUANTIZERS)}")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="admpff-q-") as tmp:
-        work = Path(tmp)
-        prepared = _prepare(fp32_path, work)
-        exclude = sorted(embedding_head_nodes(onnx.load(str(prepared)))) + list(extra_exclude or [])
+    with _workspace(fp32_path, calset, extra_exclude) as (info, prepared, exclude, work):
         raw = work / "qdq.onnx"
         if quantizer == "ort":
             _ort_quantize(prepared, raw, calset, method, qdq=True, exclude=exclude,
@@ -190,14 +198,9 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: Calib
                       ranges_cache: str | Path | None = None, batch_size: int = 8,
                       stride_batches: int = 4) -> QuantizeResult:
     fp32_path, out_path = Path(fp32_path), Path(out_path)
-    _, info = _fp32_source(fp32_path)
-    _check_calibration(calset, info)
     method = normalize_calibration_method(method)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="admpff-q-") as tmp:
-        work = Path(tmp)
-        prepared = _prepare(fp32_path, work)
-        exclude = sorted(embedding_head_nodes(onnx.load(str(prepared)))) + list(extra_exclude or [])
+    with _workspace(fp32_path, calset, extra_exclude) as (info, prepared, exclude, work):
         raw = work / "cpu.onnx"
         _ort_quantize(prepared, raw, calset, method, qdq=False, exclude=exclude,
                       ranges_cache=Path(ranges_cache) if ranges_cache else None, batch_size=batch_size,

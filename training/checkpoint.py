@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from typing import Any
 
 import numpy as np
 import torch
+
+from admpff.runtime.atomic import atomic_open
 
 FORMAT = "admpff-checkpoint"
 FORMAT_VERSION = 1
@@ -47,48 +48,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, corrupt or not an admpff training checkpoint."""
 
 
-def _fsync_dir(directory: str) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> str:
     """``torch.save(obj)`` to ``path`` via temp file + fsync + ``os.replace`` in the same directory."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    with atomic_open(path) as f:
+        torch.save(obj, f)
+    return os.fspath(path)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
