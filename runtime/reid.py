@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ class StageClock:
 def _colour(identity: str | None) -> tuple[int, int, int]:
     if not identity:
         return (160, 160, 160)
-    h = (hash(identity) * 2654435761) & 0xFFFFFF
+    h = zlib.crc32(identity.encode())  # stable across runs, unlike hash() of a str
     return (64 + (h & 0x7F), 64 + ((h >> 8) & 0x7F), 64 + ((h >> 16) & 0x7F))
 
 
