@@ -373,3 +373,39 @@ def test_sysu_training_split_only_through_the_real_reader(tmp_path):
     calset = build_calibration_set(f"sysu:{root}", num_samples=1000, contract=SMALL)
     assert calset.counts == {"visible": 24, "infrared": 12}  # 3 train+val ids x (4 RGB | 2 IR cams) x 2 images
     assert not [o for o in calset.origins if "/0004/" in o]
+
+
+def test_strided_histogram_calibration_with_a_short_last_batch(tmp_path):
+    """ORT's histogram collector stacks a chunk's batches; 11 crops in batches of 4 used to end in a
+    ValueError (inhomogeneous shape). The quantizer's reader tops the last batch up instead."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from admpff.export.quantize import _StridedReader, _stride
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], np.linspace(-1, 1, 108, dtype=np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["conv"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["conv"], ["embedding"]),
+         helper.make_node("Identity", ["modality"], ["modality_out"])],
+        "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["n", 3, 32, 16]),
+                 helper.make_tensor_value_info("modality", TensorProto.INT32, ["n"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", 4, 32, 16]),
+         helper.make_tensor_value_info("modality_out", TensorProto.INT32, ["n"])],
+        [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "tiny.onnx")
+    _write_crops(tmp_path / "crops", 6, 5)
+    calset = build_calibration_set(str(tmp_path / "crops"), num_samples=11, contract=SMALL)
+    reader = _StridedReader(calset, batch_size=4)
+    assert len(reader) == 3
+    sizes = [len(b["images"]) for b in iter(reader.get_next, None)]
+    assert sizes == [4, 4, 4]
+    reader.rewind()
+    quantize_static(str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.int8.onnx"), reader,
+                    quant_format=QuantFormat.QOperator, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=ort_calibrate_method("percentile"),
+                    extra_options={"CalibStridedMinMax": _stride(len(reader), 4)})
+    assert any(n.op_type == "QLinearConv" for n in onnx.load(tmp_path / "tiny.int8.onnx").graph.node)
