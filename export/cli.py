@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(default: DIR/<name>.calib.npz)")
     cal.add_argument("--quantizer", default="ort", choices=("ort", "modelopt"),
                      help="Q/DQ quantizer: ONNX Runtime quantize_static (default) or NVIDIA Model Optimizer")
+    cal.add_argument("--cpu-int8-kernel", default="auto", choices=("auto", "qgemm", "convsym"),
+                     help="ONNX Runtime kernel for CPU-INT8 convolutions: qgemm (AMX), convsym (VNNI) or auto "
+                          "(qgemm where this CPU has AMX-INT8); exact either way")
     cal.add_argument("--keep-float", action="append", default=[], metavar="NODE",
                      help="ONNX node name to leave unquantized (repeatable), on top of the embedding head")
     cal.add_argument("--auto-float", type=int, default=4, metavar="K",
@@ -154,7 +157,8 @@ def run(args) -> int:
     if "cpu-int8" in precisions:
         r = stages.run(f"CPU-INT8 (ONNX Runtime QOperator U8S8, {args.calib_method})", quantize_cpu_int8,
                        files["fp32"], out / f"{name}.cpu-int8.onnx", calib, method=args.calib_method,
-                       extra_exclude=args.keep_float, ranges_cache=out / f"{name}.cpu-int8.ranges.json")
+                       extra_exclude=args.keep_float, ranges_cache=out / f"{name}.cpu-int8.ranges.json",
+                       cpu_kernel=args.cpu_int8_kernel)
         files["int8-cpu"] = r.path
 
     reports = []
@@ -214,7 +218,7 @@ def _keep_sensitive_layers_float(stages, args, files, calib, verify_crops, retri
     kept = {}
     for precision in failed:
         quantize, extra = ((quantize_tensorrt_qdq, {"quantizer": args.quantizer, "opset": args.opset})
-                           if precision == "int8-qdq" else (quantize_cpu_int8, {}))
+                           if precision == "int8-qdq" else (quantize_cpu_int8, {"cpu_kernel": args.cpu_int8_kernel}))
         tag = "int8" if precision == "int8-qdq" else "cpu-int8"
         retry = out / f"{name}.{tag}.retry.onnx"
         stages.run(f"re-quantizing {precision} with {len(keep)} layers kept in float", quantize, files["fp32"], retry,

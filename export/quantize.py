@@ -6,7 +6,8 @@
   embedding head left in float.  Quantizer: ONNX Runtime's ``quantize_static`` (default) or NVIDIA Model
   Optimizer's ONNX PTQ where it is installed (``quantizer="modelopt"``).
 * ``quantize_cpu_int8``: ONNX Runtime's fast CPU form (QOperator, uint8 activations, int8 weights),
-  marked in its metadata as not for TensorRT.
+  marked in its metadata as not for TensorRT; on CPUs with AMX its convolutions are steered to ORT's AMX
+  QGEMM kernel (exact; ``cpu_kernels``).
 
 Calibration goes through ``admpff.calibration`` (never random data) in strides, so the entropy
 calibrator's histograms are merged chunk by chunk instead of holding every activation in memory.
@@ -21,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from admpff.calibration.calibset import CalibrationSet
@@ -28,6 +30,7 @@ from admpff.calibration.reader import CalibrationDataReader, ort_calibrate_metho
 from admpff.runtime.contract import ModelInfo, build_metadata
 
 from .checkpoint_io import ExportError
+from .cpu_kernels import resolve_cpu_kernel, steer_convs_to_qgemm
 from .graph_regions import embedding_head_nodes
 from .onnx_export import read_metadata, save_onnx_atomic, set_metadata
 
@@ -47,7 +50,22 @@ class QuantizeResult:
 
 
 class _StridedReader(CalibrationDataReader):
-    """ORT's strided calibration counts ``len(reader)`` and ``set_range`` in the same unit; here: batches."""
+    """ORT's strided calibration counts ``len(reader)`` and ``set_range`` in the same unit; here: batches.
+
+    Every batch has the same size: ORT's histogram collector stacks a chunk's batches with ``np.asarray``
+    and fails on a short last one (seen with 447 crops in batches of 8), so that batch is topped up
+    with the set's first crops (a handful counted twice; harmless to min/max and histograms alike).
+    """
+
+    def get_next(self):
+        batch = super().get_next()
+        if batch is None or len(self.calset) < self.batch_size:
+            return batch
+        short = self.batch_size - len(batch[self.images_name])
+        if short > 0:
+            batch = {self.images_name: np.concatenate([batch[self.images_name], self.calset.images[:short]]),
+                     self.modality_name: np.concatenate([batch[self.modality_name], self.calset.modality[:short]])}
+        return batch
 
     def set_range(self, start_index: int, end_index: int) -> None:
         super().set_range(start_index * self.batch_size, end_index * self.batch_size)
@@ -162,8 +180,11 @@ def _workspace(fp32_path: Path, calset: CalibrationSet | None, extra_exclude: li
         yield info, prepared, exclude, work
 
 
-def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_ok: bool, details: dict) -> Path:
+def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_ok: bool, details: dict,
+            transform=None) -> Path:
     model = onnx.load(str(out_tmp))
+    if transform is not None:
+        transform(model, details)
     set_metadata(model, build_metadata(info.contract, precision=precision, checkpoint_sha256=info.checkpoint_sha256,
                                        tensorrt_compatible=trt_ok, extra=details))
     onnx.checker.check_model(model)
@@ -196,9 +217,21 @@ def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: C
 def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
                       method: str = "percentile", extra_exclude: list[str] | None = None,
                       ranges_cache: str | Path | None = None, batch_size: int = 8,
-                      stride_batches: int = 4) -> QuantizeResult:
+                      stride_batches: int = 4, cpu_kernel: str = "auto") -> QuantizeResult:
+    """``cpu_kernel``: "qgemm" (AMX where the CPU has it), "convsym" (ORT's default, VNNI) or "auto"
+    (qgemm on a CPU with AMX-INT8, which is where the file is expected to run); see ``cpu_kernels``."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     method = normalize_calibration_method(method)
+    try:
+        kernel = resolve_cpu_kernel(cpu_kernel)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
+
+    def choose_kernel(model: onnx.ModelProto, details: dict) -> None:
+        details["cpu_kernel"] = kernel
+        if kernel == "qgemm":
+            details["qgemm_convs"] = steer_convs_to_qgemm(model)
+
     t0 = time.perf_counter()
     with _workspace(fp32_path, calset, extra_exclude) as (info, prepared, exclude, work):
         raw = work / "cpu.onnx"
@@ -207,5 +240,6 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: Calib
                       stride_batches=stride_batches)
         path = _finish(raw, out_path, info, "int8-cpu", False,
                        {"quantizer": "ort-qoperator-u8s8", "calibration_method": method,
-                        "calibration_samples": len(calset), "note": "ONNX Runtime CPU only; not for TensorRT"})
+                        "calibration_samples": len(calset), "note": "ONNX Runtime CPU only; not for TensorRT"},
+                       transform=choose_kernel)
     return QuantizeResult(path, "int8-cpu", "ort", method, time.perf_counter() - t0, list(extra_exclude or []))

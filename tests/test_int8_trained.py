@@ -2,10 +2,13 @@
 calibration on the training split, verify on held-out identities."""
 import json
 
+import onnx
 import pytest
 import torch
 
 from admpff.export import cli as export_cli
+from admpff.export.cpu_kernels import resolve_cpu_kernel
+from admpff.export.onnx_export import read_metadata
 from admpff.export.qdq_check import check_qdq_model
 from admpff.training import cli_train
 from admpff.training.datasets.synthetic import write_sysu
@@ -43,6 +46,9 @@ def test_int8_fidelity_on_a_trained_model(trained):
         # held-out identities (the SYSU test protocol on the generated set): retrieval barely moves
         assert abs(r["mAP_reference"] - r["mAP"]) <= 2.0, r
     assert not check_qdq_model(models / "m.int8.onnx", max_opset=17)
+    cpu_meta = read_metadata(onnx.load(str(models / "m.cpu-int8.onnx"), load_external_data=False))
+    assert cpu_meta["admpff.cpu_kernel"] == resolve_cpu_kernel("auto")
+    assert (int(cpu_meta.get("admpff.qgemm_convs", 0)) > 0) == (cpu_meta["admpff.cpu_kernel"] == "qgemm")
     # If the first INT8 file missed a bar, the most sensitive convolutions were kept in float (and named).
     if "sensitivity" in verify:
         for precision, kept in verify["sensitivity"]["kept_float"].items():
