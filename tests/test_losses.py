@@ -69,3 +69,14 @@ def test_mgj_weighting_and_terms():
     assert total.item() == pytest.approx((en + 3 * m3 + 6 * m6).item(), rel=1e-6)
     total1, _ = MGJLoss(alpha=1, beta=1)(out, labels, modality)
     assert total1.item() == pytest.approx((en + m3 + m6).item(), rel=1e-6)
+    # --triplet-weight scales every triplet term; the logged terms stay unweighted
+    half, half_terms = MGJLoss(alpha=3, beta=6, triplet_weight=0.5)(out, labels, modality)
+    tri = {b: sum(terms[f"tri/{b}.{i}"] for i in stripes) for b, stripes in
+           (("p3", [0, 1, 2, "all"]), ("p6", [*range(6), "all"]))}
+    expected = en - 0.5 * terms["tri/en"] + 3 * (m3 - 0.5 * tri["p3"]) + 6 * (m6 - 0.5 * tri["p6"])
+    assert half.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert half_terms["tri/p3.0"].item() == pytest.approx(terms["tri/p3.0"].item())
+    ids_only, _ = MGJLoss(triplet_weight=0)(out, labels, modality)
+    assert ids_only.item() == pytest.approx(sum(v for k, v in terms.items() if k.startswith("id/")).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="triplet_weight"):
+        MGJLoss(triplet_weight=-1)

@@ -64,6 +64,7 @@ class TrainConfig:
     beta: float = 1.0
     margin: float = 0.3
     label_smoothing: float = 0.1
+    triplet_weight: float = 1.0          # scales every hetero-center triplet term (1 = paper)
     # sampler and augmentation
     batch_p: int = 6
     batch_k: int = 8
@@ -159,6 +160,8 @@ class TrainConfig:
             raise ConfigError("--max-steps-per-epoch must be >= 1")
         if self.heldout_ids < 0:
             raise ConfigError("--heldout-ids must be >= 0")
+        if self.triplet_weight < 0:
+            raise ConfigError(f"--triplet-weight must be >= 0 (got {self.triplet_weight})")
         if self.eval_mode not in ("all", "indoor"):
             raise ConfigError(f"--eval-mode must be all or indoor (got {self.eval_mode!r})")
         if self.batch_p < 2:
@@ -238,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, help="weight of the P6 branch loss (preset: sysu 1, regdb 6)")
     g.add_argument("--margin", type=float, help="hetero-center triplet margin (default 0.3)")
     g.add_argument("--label-smoothing", dest="label_smoothing", type=float, help="default 0.1")
+    g.add_argument("--triplet-weight", dest="triplet_weight", type=float,
+                   help="scale of every hetero-center triplet term (default 1 = paper; 0 = identity losses only, "
+                        "for a from-scratch start, which the triplet terms collapse)")
     g = p.add_argument_group("batches and augmentation")
     g.add_argument("--batch-p", dest="batch_p", type=int, help="identities per batch (preset: sysu 6, regdb 8)")
     g.add_argument("--batch-k", dest="batch_k", type=int,

@@ -70,12 +70,17 @@ class MGJLoss(nn.Module):
 
     L_mGFD3 = sum_i (L_tri3_i + L_id3_i) + L_id3_all + L_tri3_all, and likewise for the six stripes.
     ``forward`` returns the total and every named term (unweighted), so training can log them.
-    Paper values: SYSU-MM01 alpha = beta = 1; RegDB alpha = 3, beta = 6.
+    Paper values: SYSU-MM01 alpha = beta = 1; RegDB alpha = 3, beta = 6.  ``triplet_weight`` scales every
+    triplet term inside the sums (1 in the paper); the logged terms stay unweighted.
     """
 
-    def __init__(self, alpha: float = 1.0, beta: float = 1.0, margin: float = 0.3, label_smoothing: float = 0.1):
+    def __init__(self, alpha: float = 1.0, beta: float = 1.0, margin: float = 0.3, label_smoothing: float = 0.1,
+                 triplet_weight: float = 1.0):
         super().__init__()
+        if triplet_weight < 0:
+            raise ValueError(f"triplet_weight must be >= 0, not {triplet_weight}")
         self.alpha, self.beta, self.label_smoothing = alpha, beta, label_smoothing
+        self.triplet_weight = triplet_weight
         self.triplet = HeteroCenterTripletLoss(margin)
 
     def forward(self, output: dict, labels: torch.Tensor, modality: torch.Tensor):
@@ -87,9 +92,9 @@ class MGJLoss(nn.Module):
         branch = {}
         for b in ("p3", "p6"):
             names = [n for n in features if n.startswith(b + ".")]
-            branch[b] = sum(terms[f"id/{n}"] + terms[f"tri/{n}"] for n in names)
+            branch[b] = sum(terms[f"id/{n}"] + self.triplet_weight * terms[f"tri/{n}"] for n in names)
         terms["mGFD3"], terms["mGFD6"] = branch["p3"], branch["p6"]
-        terms["en"] = terms["id/en"] + terms["tri/en"]
+        terms["en"] = terms["id/en"] + self.triplet_weight * terms["tri/en"]
         total = terms["en"] + self.alpha * terms["mGFD3"] + self.beta * terms["mGFD6"]
         return total, terms
 
