@@ -168,46 +168,57 @@ def test_resume_after_one_epoch_equals_an_uninterrupted_run(sysu_root, tmp_path)
 
 
 # -- learning -------------------------------------------------------------------------------------
-@pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "from-scratch ADMPFF-Net on the generated data does not learn within a CPU test budget: the MGJ "
-    "triplet terms drive the stripe BN biases negative and every triplet term settles at the margin "
-    "(collapsed, all-zero embeddings) before the identity loss moves; see the docstring for the figures"))
-def test_short_training_raises_map_on_heldout_identities(tmp_path):
-    """Held-out identities (SYSU layout: 20 training ids, 20 test ids), real reader + AGW eval_sysu, 3 galleries.
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """One short from-scratch run on generated data, evaluated on held-out identities before and after.
 
-    Measured on 2 CPU cores (ResNet-18 trunk at 96x48, 32-d stripes, P=4 x K=4, channel augmentation,
-    lr 0.01 for head and backbone, 5 epochs x 25 steps): untrained mAP 11.1, after training 13.2,
-    14.0, 12.6, 15.4, 15.0 per epoch, while the triplet terms fell towards the margin (collapse) and
-    the identity loss stayed at chance (ln C per head).  The same happened for lr 0.005-0.1, backbone
-    multipliers 0.1-10, margin 0.1, K=2, P=8 and a backbone pretrained with plain cross-entropy on the
-    training ids (mAP 15.6 before, 15.2 = collapsed after).  Cross-entropy alone does learn (training
-    accuracy 0.22 after 160 steps on 20 ids, chance 0.05).  A collapsed model scores 15.2 here because
-    every distance ties, so the assertion also requires distinct distances.
+    SYSU layout re-split to 16 training ids and 20 test ids; ResNet-18 trunk at 96x48, 32-d stripes,
+    P4 x K4, SGD lr 0.1, 12 epochs of 16 steps (about 2 minutes on 2 cores), the identity terms of the
+    MGJ loss only (``--triplet-weight 0``: from random weights the triplet terms collapse the features,
+    see the README's "Known limitation"). Real reader, AGW's eval_sysu, all-search, 3 gallery trials.
     """
     from admpff.training.datasets.sysu import SYSUMM01
     from admpff.training.features import evaluate_sysu
 
+    tmp_path = tmp_path_factory.mktemp("learning")
     root = tmp_path / "sysu"
     write_sysu(root, num_ids=40, images_per_cam=4, seed=2)
     ids = list(range(1, 41))  # re-split: fewer training classes, more held-out identities
     (root / "exp" / "train_id.txt").write_text(",".join(map(str, ids[:16])) + "\n")
     (root / "exp" / "val_id.txt").write_text(",".join(map(str, ids[16:20])) + "\n")
     (root / "exp" / "test_id.txt").write_text(",".join(map(str, ids[20:])) + "\n")
-    config = tiny_config(str(root), tmp_path / "run", "--epochs", "2", "--max-steps-per-epoch", "25",
-                         "--batch-p", "4", "--batch-k", "4", "--lr", "0.01", "--backbone-lr-mult", "1",
-                         "--lr-warmup", "1", "--lr-milestones", "100", "--channel-aug")
+    config = tiny_config(str(root), tmp_path / "run", "--epochs", "12", "--batch-p", "4", "--batch-k", "4",
+                         "--lr", "0.1", "--backbone-lr-mult", "1", "--lr-warmup", "1", "--lr-milestones", "100",
+                         "--triplet-weight", "0")
     trainer = Trainer(config)
     reader = SYSUMM01(str(root))
 
-    def held_out_map():
+    def held_out():
         result = evaluate_sysu(trainer.model, reader, mode="all", trials=3, cache_dir=config.cache_dir,
                                contract=trainer.contract, progress=False)
-        return result["summary"]["mAP"]
+        return {k: result["summary"][k] for k in ("mAP", "rank1")}
 
-    before = held_out_map()
+    before = held_out()
     summary = trainer.fit()
     trainer.close()
-    after = held_out_map()
-    collapsed = any(r.get("collapsed") for r in summary["history"])
-    assert not collapsed and after >= before + 10.0, (before, after)
+    return {"before": before, "after": held_out(), "history": summary["history"]}
+
+
+@pytest.mark.slow
+def test_short_training_fits_its_training_identities(short_run):
+    """The identity loss leaves chance (ln 20 = 3.0; 3.03 -> 2.70 measured at the 12th epoch) without a collapse."""
+    history = short_run["history"]
+    assert not any(r.get("collapsed") for r in history)
+    first = np.mean([v for k, v in history[0]["terms"].items() if k.startswith("id/")])
+    last = np.mean([v for k, v in history[-1]["terms"].items() if k.startswith("id/")])
+    assert last < first - 0.15, (first, last)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "the issue's bar, not reached on 2 CPU cores from random weights: held-out mAP 11.2 -> 15.9 in this run; "
+    "over 240 steps 17.7 with seed 0 but 12.6 -> 10.8 with seed 1 (README, 'Known limitation'). Strict: "
+    "the day it passes, CI says so and this marker goes"))
+def test_short_training_raises_map_well_above_untrained_on_heldout_identities(short_run):
+    before, after = short_run["before"], short_run["after"]
+    assert after["mAP"] >= before["mAP"] + 10.0, (before, after)
