@@ -19,13 +19,21 @@ mask.  The two modalities are then two different "shaders" of the same label map
 
 * visible: each material gets its RGB colour; background is a per-camera scene (wall/floor gradient,
   rectangles, noise), with per-camera colour cast, lighting gradient, blur, noise and a JPEG pass;
-* infrared: each material gets an emitted temperature that never looks at its colour (skin and hair
-  warm, clothing from fabric thickness, bags cool, print ink of the pattern a small offset), a cool,
-  smooth background with warm blobs, thermal blur, glow and an edge-enhancement halo, automatic gain
-  control, column fixed-pattern and sensor noise, one grey channel replicated to three.
+* near infrared (SYSU-MM01's cameras 3 and 6, which see by an 850 nm illuminator): each material gets
+  its NIR reflectance.  Most dyes follow their red-weighted lightness there (NIR sits next to red),
+  but a share of dyes is NIR-transparent and shows the bright fibre beneath whatever its colour
+  (``NIR_BRIGHT_DYE_P``); skin is bright for every skin tone; hue is lost.  Illuminator fall-off,
+  blur, automatic gain control, sensor noise and a JPEG pass, one grey channel replicated to three;
+* thermal (RegDB's camera): each material gets an emitted temperature that never looks at its colour
+  (skin and hair warm, clothing from fabric thickness, bags cool, print ink of the pattern a small
+  offset), a cool, smooth background with warm blobs, thermal blur, glow and an edge-enhancement halo,
+  automatic gain control, column fixed-pattern and sensor noise, one grey channel replicated to three.
 
-So across modalities only shape, proportions, carried objects, exposed skin and pattern structure
-carry identity; colour does not.  Everything is drawn from ``numpy.random.Generator`` seeded by
+So across modalities shape, proportions, carried objects, exposed skin and pattern structure carry
+identity, plus, in NIR only, a partial and dye-dependent trace of lightness; colour itself never does.
+The NIR cue is what makes the SYSU-layout set learnable from random weights on a CPU in minutes
+(measured in ``tests/test_training.py``), while the thermal RegDB-layout set stays the harder one, as
+the real RegDB is.  Everything is drawn from ``numpy.random.Generator`` seeded by
 ``(seed, stream, pid, modality, camera, index)``: generating a subset reproduces the same bytes.
 """
 from __future__ import annotations
@@ -67,7 +75,13 @@ _N_LABELS = 9
 
 # Seed streams: each kind of random draw gets its own stream, so adding draws to one never shifts
 # another (identities stay the same when the image model changes, subsets stay byte-identical).
-_S_IDENTITY, _S_IMAGE, _S_CAMERA, _S_SPLIT, _S_PRESENCE, _S_TRIAL, _S_VIDEO = range(1, 8)
+_S_IDENTITY, _S_IMAGE, _S_CAMERA, _S_SPLIT, _S_PRESENCE, _S_TRIAL, _S_VIDEO, _S_NIR = range(1, 9)
+
+#: share of dyes that are transparent in near infrared (the fabric then looks bright whatever its colour)
+NIR_BRIGHT_DYE_P = 0.1
+#: weights of R, G, B in the lightness that NIR reflectance follows for the other dyes
+_NIR_LIGHTNESS = (0.6, 0.3, 0.1)
+_LUMA = (0.299, 0.587, 0.114)
 
 # Fabric name -> thickness range.  Thickness (not colour) sets the apparent temperature in IR.
 TOP_FABRICS = {
@@ -141,6 +155,12 @@ class Identity:
     bag_rgb: tuple
     bag_size: float
     bag_temp: float          # bags are cooler than the body
+    # Near-infrared reflectance (0..1) of the dyed materials (see _nir_reflectance); defaults for hand-made ones.
+    nir_top: float = 0.5
+    nir_bottom: float = 0.5
+    nir_print: float = 0.5
+    nir_bag: float = 0.5
+    nir_shoe: float = 0.3
 
 
 def make_identity(pid: int, seed: int = 0) -> Identity:
@@ -167,7 +187,7 @@ def make_identity(pid: int, seed: int = 0) -> Identity:
     top_rgb = colour()
     pattern = str(r.choice(PATTERNS, p=[0.4, 0.18, 0.12, 0.12, 0.18]))
     hair_style = str(r.choice(HAIR_STYLES, p=[0.3, 0.45, 0.25, 0.0] if female else [0.75, 0.05, 0.02, 0.18]))
-    return Identity(
+    ident = Identity(
         pid=int(pid),
         female=female,
         slim=float(r.uniform(0.88, 1.14)),
@@ -198,6 +218,21 @@ def make_identity(pid: int, seed: int = 0) -> Identity:
         bag_size=float(r.uniform(0.8, 1.25)),
         bag_temp=float(r.uniform(0.18, 0.32)),
     )
+    # NIR reflectances from their own stream: the identities above stay what they were.
+    nir = _rng(seed, _S_NIR, pid)
+    return replace(ident, nir_top=_nir_reflectance(ident.top_rgb, nir), nir_bottom=_nir_reflectance(ident.bottom_rgb, nir),
+                   nir_print=_nir_reflectance(ident.pattern_rgb, nir), nir_bag=_nir_reflectance(ident.bag_rgb, nir),
+                   nir_shoe=_nir_reflectance(ident.shoe_rgb, nir))
+
+
+def _nir_reflectance(rgb, r: np.random.Generator) -> float:
+    """NIR reflectance of a dyed material of colour ``rgb``: its red-weighted lightness, or, for an
+    NIR-transparent dye (probability ``NIR_BRIGHT_DYE_P``), the bright fibre beneath.  Three draws always."""
+    transparent, fibre, spread = r.random(), r.uniform(0.55, 0.9), r.normal(0.0, 0.06)
+    if transparent < NIR_BRIGHT_DYE_P:
+        return float(fibre)
+    lightness = float(np.dot(rgb, _NIR_LIGHTNESS)) / 255.0
+    return float(np.clip(0.1 + 0.8 * lightness + spread, 0.03, 0.95))
 
 
 @dataclass(frozen=True)
@@ -231,21 +266,22 @@ class CameraProfile:
     blur: float = 1.0                # optics blur sigma, output pixels
     noise: float = 3.0               # sensor noise sigma, grey levels
     scene_seed: int = 0              # seeds the persistent background scene of this camera
+    infrared: str = "thermal"        # what an infrared camera senses: "nir" (reflected 850 nm) or "thermal"
 
 
 # SYSU: cam1/cam2 indoor RGB, cam3 indoor IR, cam4/cam5 outdoor RGB, cam6 outdoor IR.
 _SYSU_CAMS = {
     1: dict(modality=VISIBLE, outdoor=False, cast=(1.08, 1.0, 0.86), brightness=1.05, blur=0.7, noise=2.5),
     2: dict(modality=VISIBLE, outdoor=False, cast=(0.92, 1.06, 0.95), brightness=0.82, blur=1.0, noise=4.0),
-    3: dict(modality=INFRARED, outdoor=False, blur=0.9, noise=3.0),
+    3: dict(modality=INFRARED, outdoor=False, blur=0.9, noise=3.0, infrared="nir"),
     4: dict(modality=VISIBLE, outdoor=True, cast=(0.95, 1.0, 1.1), brightness=1.15, blur=0.6, noise=2.0),
     5: dict(modality=VISIBLE, outdoor=True, cast=(1.0, 0.98, 1.02), brightness=0.92, blur=1.1, noise=3.0),
-    6: dict(modality=INFRARED, outdoor=True, blur=1.1, noise=4.5),
+    6: dict(modality=INFRARED, outdoor=True, blur=1.1, noise=4.5, infrared="nir"),
 }
 
 
 def camera_profile(cam_id: int) -> CameraProfile:
-    """The profile of SYSU-MM01 camera ``cam_id`` (1..6): RGB 1, 2 (indoor), 4, 5 (outdoor); IR 3, 6."""
+    """The profile of SYSU-MM01 camera ``cam_id`` (1..6): RGB 1, 2 (indoor), 4, 5 (outdoor); near-IR 3, 6."""
     base = _SYSU_CAMS.get(int(cam_id))
     if base is None:
         raise ValueError(f"SYSU cameras are 1..6, not {cam_id!r}")
@@ -683,6 +719,52 @@ def _finish_ir(t: np.ndarray, alpha: np.ndarray, cam: CameraProfile, rng: np.ran
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+def _nir_person(ident: Identity, L: _Layers, rng: np.random.Generator) -> np.ndarray:
+    """Near-infrared reflectance (0..1) of the person's materials, from the identity's dyes."""
+    jit = rng.uniform(-0.03, 0.03, _N_LABELS).astype(np.float32)
+    lut = np.zeros(_N_LABELS, np.float32)
+    lut[SKIN] = 0.6 + 0.15 * float(np.dot(ident.skin_rgb, _LUMA)) / 255.0   # bright for every skin tone
+    lut[HAIR] = 0.22 + 0.45 * float(np.dot(ident.hair_rgb, _LUMA)) / 255.0
+    lut[TOP], lut[BOTTOM], lut[SHOE] = ident.nir_top, ident.nir_bottom, ident.nir_shoe
+    lut[BAG], lut[STRAP] = ident.nir_bag, 0.9 * ident.nir_bag
+    lut[OCCLUDER] = rng.uniform(0.15, 0.6)
+    lut[1:] += jit[1:]
+    r = lut[L.label]
+    if L.pattern is not None:                            # the print's own dye
+        r[L.pattern & (L.label == TOP)] = ident.nir_print + jit[TOP]
+    r *= 1.0 - 0.25 * L.far.astype(np.float32)
+    return r
+
+
+def _nir_background(cam: CameraProfile, rng: np.random.Generator, h: int, w: int, seed: int) -> np.ndarray:
+    """NIR reflectance of the camera's own scene: its fixtures' lightness, compressed (paints look alike)."""
+    rgb = _visible_background(cam, rng, h, w, seed)
+    return 0.18 + 0.55 * (np.clip(rgb, 0, 255) @ np.asarray(_NIR_LIGHTNESS, np.float32)) / 255.0
+
+
+def _finish_nir(r: np.ndarray, cam: CameraProfile, rng: np.random.Generator, out_hw) -> np.ndarray:
+    """Active 850 nm illumination: fall-off from the centre, blur, gain control, noise, JPEG; grey x 3."""
+    oh, ow = out_hw
+    falloff = rng.uniform(0.25, 0.6)
+    sigma = cam.blur * rng.uniform(0.7, 1.5)
+    lo_out, hi_out, gamma = rng.uniform(5, 30), rng.uniform(200, 250), rng.uniform(0.8, 1.25)
+    noise_sigma = cam.noise * rng.uniform(0.8, 1.6)
+    quality = int(rng.integers(35, 90))
+    grain = rng.standard_normal((oh, ow)).astype(np.float32)
+
+    r = cv2.resize(r, (ow, oh), interpolation=cv2.INTER_AREA)
+    r = cv2.GaussianBlur(r, (0, 0), sigma)
+    xx = np.linspace(-1, 1, ow, dtype=np.float32)[None, :]
+    yy = np.linspace(-1, 1, oh, dtype=np.float32)[:, None]
+    r = r * (1.0 - falloff * 0.5 * (xx ** 2 + yy ** 2))
+    lo, hi = np.percentile(r, (1.0, 99.5))
+    r = np.clip((r - lo) / max(hi - lo, 1e-3), 0, 1) ** gamma
+    grey = np.clip(lo_out + (hi_out - lo_out) * r + grain * noise_sigma, 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", grey, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    grey = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def render_image(ident: Identity, modality: int, *, camera: int | CameraProfile | None = None, index: int = 0,
                  size: tuple[int, int] | None = DEFAULT_SIZE, seed: int = 0, pose: Pose | None = None,
                  return_labels: bool = False):
@@ -733,6 +815,10 @@ def render_image(ident: Identity, modality: int, *, camera: int | CameraProfile 
         person = _visible_person(ident, L, rng) * (0.72 + 0.28 * rim)[..., None]
         bg = _visible_background(cam, bg_rng, h, w, seed)
         img = _finish_visible(bg + alpha[..., None] * (person - bg), cam, rng, (oh, ow))
+    elif cam.infrared == "nir":
+        person = _nir_person(ident, L, rng) * (0.75 + 0.25 * rim)
+        bg = _nir_background(cam, bg_rng, h, w, seed)
+        img = _finish_nir(bg + alpha * (person - bg), cam, rng, (oh, ow))
     else:
         person = _ir_person(ident, L, rng) * (0.88 + 0.12 * rim)
         bg = _ir_background(cam, bg_rng, h, w, seed)
