@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     demo.step("train ADMPFF-Net briefly (MGJ loss, HcTri sampler)",
               _tool("train") + ["--dataset", "sysu", "--data", str(data), "--pretrained", "none", "--epochs", "2",
                                 "--max-steps-per-epoch", "3" if not a.quick else "6", "--batch-p", "4", "--batch-k", "2",
-                                "--lr", "0.01", "--out", str(train), "--no-tensorboard", "--overwrite",
+                                "--lr", "0.01", "--backbone-lr-mult", "1", "--triplet-norm-feat",
+                                "--out", str(train), "--no-tensorboard", "--overwrite",
                                 "--eval-every", "0", "--workers", "0"] + model_args)
     ckpt = train / "last.pt"
     # 3. evaluate

@@ -80,3 +80,27 @@ def test_mgj_weighting_and_terms():
     assert ids_only.item() == pytest.approx(sum(v for k, v in terms.items() if k.startswith("id/")).item(), rel=1e-6)
     with pytest.raises(ValueError, match="triplet_weight"):
         MGJLoss(triplet_weight=-1)
+
+
+def test_norm_feat_measures_directions_so_shrinking_features_cannot_lower_it():
+    raw, normed = HeteroCenterTripletLoss(0.3), HeteroCenterTripletLoss(0.3, norm_feat=True)
+    # Random weights: the modality gap puts each identity's other-modality centre farther than another
+    # identity's same-modality centre.  Raw features then lose loss by shrinking (the collapse) ...
+    gap = torch.tensor([[1., 0.], [2., 0.], [1., 5.], [2., 5.]])
+    ids, mods = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    assert raw(0.1 * gap, ids, mods).item() < 0.2 * raw(gap, ids, mods).item()
+    # ... normalised features cannot: only closing the gap lowers it
+    assert normed(0.1 * gap, ids, mods).item() == pytest.approx(normed(gap, ids, mods).item(), abs=1e-6)
+
+    feats, labels, modality = hand_example()
+    # normalised: the same loss at any scale, equal to the raw loss of the unit-length features
+    assert normed(0.1 * feats + 0, labels, modality).item() == pytest.approx(normed(feats, labels, modality).item(), abs=1e-6)
+    unit = torch.nn.functional.normalize(feats + torch.tensor([1e-3, 0.0]), dim=1)
+    shifted = feats + torch.tensor([1e-3, 0.0])     # (0, 0) has no direction; move it off the origin
+    assert normed(shifted, labels, modality).item() == pytest.approx(raw(unit, labels, modality).item(), abs=1e-6)
+    # and the gradient has no component along the features (a global scale change is flat)
+    x = shifted.clone().requires_grad_(True)
+    normed(x, labels, modality).backward()
+    assert abs((x.grad * x).sum().item()) < 1e-5
+    # MGJLoss passes the option to every triplet term
+    assert MGJLoss(triplet_norm_feat=True).triplet.norm_feat and not MGJLoss().triplet.norm_feat

@@ -65,6 +65,7 @@ class TrainConfig:
     margin: float = 0.3
     label_smoothing: float = 0.1
     triplet_weight: float = 1.0          # scales every hetero-center triplet term (1 = paper)
+    triplet_norm_feat: bool = False      # L2-normalise features inside the triplet terms (from-scratch runs)
     # sampler and augmentation
     batch_p: int = 6
     batch_k: int = 8
@@ -242,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--margin", type=float, help="hetero-center triplet margin (default 0.3)")
     g.add_argument("--label-smoothing", dest="label_smoothing", type=float, help="default 0.1")
     g.add_argument("--triplet-weight", dest="triplet_weight", type=float,
-                   help="scale of every hetero-center triplet term (default 1 = paper; 0 = identity losses only, "
-                        "for a from-scratch start, which the triplet terms collapse)")
+                   help="scale of every hetero-center triplet term (default 1 = paper; 0 = identity losses only)")
+    g.add_argument("--triplet-norm-feat", dest="triplet_norm_feat", type=_bool, nargs="?", const=True,
+                   metavar="true|false",
+                   help="L2-normalise features inside the triplet terms (default false = paper; true for a start "
+                        "from random weights, where raw features collapse to zero)")
     g = p.add_argument_group("batches and augmentation")
     g.add_argument("--batch-p", dest="batch_p", type=int, help="identities per batch (preset: sysu 6, regdb 8)")
     g.add_argument("--batch-k", dest="batch_k", type=int,

@@ -397,7 +397,8 @@ class Trainer:
             log.warning("--sync-bn has no effect without torchrun (one process)")
 
         self.normalize = Normalizer(self.contract).to(self.device)
-        self.criterion = MGJLoss(config.alpha, config.beta, config.margin, config.label_smoothing, config.triplet_weight)
+        self.criterion = MGJLoss(config.alpha, config.beta, config.margin, config.label_smoothing, config.triplet_weight,
+                                 config.triplet_norm_feat)
         self.optimizer = build_optimizer(self.model, config)
         self.scheduler = build_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp) if self.cuda else None
@@ -584,9 +585,9 @@ class Trainer:
                     record["collapsed"] = True
                     if self.is_main:
                         log.warning("epoch %d: every hetero-center triplet term equals the margin (%.2f): the stripe "
-                                    "features have collapsed to a constant (HcTri issue #27, 'TLoss stuck'); lower "
-                                    "--lr, start from pretrained weights, or for a from-scratch run train the identity terms only "
-                                    "(--triplet-weight 0)", done, config.margin)
+                                    "features have collapsed to a constant (HcTri issue #27, 'TLoss stuck'); start from "
+                                    "pretrained weights, or from random weights use --triplet-norm-feat with one "
+                                    "learning rate (--backbone-lr-mult 1, --lr 0.01)", done, config.margin)
                 improved = False
                 if self._should_eval(done):
                     if self.is_main:

@@ -22,11 +22,18 @@ class HeteroCenterTripletLoss(nn.Module):
     For each centre (anchor): positive = the same identity's centre in the other modality; negative =
     the nearest centre of any other identity, in either modality; loss = mean over anchors of
     relu(margin + d(anchor, positive) - d(anchor, negative)), Euclidean distances.
+
+    ``norm_feat`` (off in HcTri and the paper) L2-normalises each feature before the centres are taken,
+    as fast-reid's triplet ``NORM_FEAT`` option does.  From random weights the modality gap makes every
+    cross-modal centre farther than some other identity's, and with raw features the cheapest way down
+    is to shrink every feature to zero (BatchNorm biases go negative, the ReLU outputs die); unit-length
+    features can only lower the loss by bringing the modalities together.
     """
 
-    def __init__(self, margin: float = 0.3):
+    def __init__(self, margin: float = 0.3, norm_feat: bool = False):
         super().__init__()
         self.margin = margin
+        self.norm_feat = bool(norm_feat)
 
     def centres(self, features: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor):
         """Mean feature per (identity, modality): returns centres [2P, d], their labels and modalities."""
@@ -46,6 +53,8 @@ class HeteroCenterTripletLoss(nn.Module):
         return torch.stack(centres), torch.stack(centre_labels), torch.tensor(centre_mods, device=features.device)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, modality: torch.Tensor) -> torch.Tensor:
+        if self.norm_feat:
+            features = F.normalize(features, p=2, dim=1)
         centres, c_labels, c_mods = self.centres(features, labels, modality)
         if len(torch.unique(c_labels)) < 2:
             raise ValueError("the hetero-center triplet loss needs at least two identities in the batch")
@@ -71,17 +80,18 @@ class MGJLoss(nn.Module):
     L_mGFD3 = sum_i (L_tri3_i + L_id3_i) + L_id3_all + L_tri3_all, and likewise for the six stripes.
     ``forward`` returns the total and every named term (unweighted), so training can log them.
     Paper values: SYSU-MM01 alpha = beta = 1; RegDB alpha = 3, beta = 6.  ``triplet_weight`` scales every
-    triplet term inside the sums (1 in the paper); the logged terms stay unweighted.
+    triplet term inside the sums (1 in the paper); the logged terms stay unweighted.  ``triplet_norm_feat``
+    is :class:`HeteroCenterTripletLoss`'s ``norm_feat`` (off in the paper; on for training from random weights).
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, margin: float = 0.3, label_smoothing: float = 0.1,
-                 triplet_weight: float = 1.0):
+                 triplet_weight: float = 1.0, triplet_norm_feat: bool = False):
         super().__init__()
         if triplet_weight < 0:
             raise ValueError(f"triplet_weight must be >= 0, not {triplet_weight}")
         self.alpha, self.beta, self.label_smoothing = alpha, beta, label_smoothing
         self.triplet_weight = triplet_weight
-        self.triplet = HeteroCenterTripletLoss(margin)
+        self.triplet = HeteroCenterTripletLoss(margin, norm_feat=triplet_norm_feat)
 
     def forward(self, output: dict, labels: torch.Tensor, modality: torch.Tensor):
         features, logits = output["features"], output["logits"]
