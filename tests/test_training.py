@@ -168,33 +168,36 @@ def test_resume_after_one_epoch_equals_an_uninterrupted_run(sysu_root, tmp_path)
 
 
 # -- learning -------------------------------------------------------------------------------------
+#: the from-scratch recipe of the learning test (see the README, "Training from random weights")
+FROM_SCRATCH = ["--batch-p", "4", "--batch-k", "4", "--lr", "0.02", "--backbone-lr-mult", "1", "--lr-warmup", "1",
+                "--lr-milestones", "100", "--pad", "4", "--triplet-norm-feat"]
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     """One short from-scratch run on generated data, evaluated on held-out identities before and after.
 
-    SYSU layout re-split to 16 training ids and 20 test ids; ResNet-18 trunk at 96x48, 32-d stripes,
-    P4 x K4, SGD lr 0.1, 12 epochs of 16 steps (about 2 minutes on 2 cores), the identity terms of the
-    MGJ loss only (``--triplet-weight 0``: from random weights the triplet terms collapse the features,
-    see the README's "Known limitation"). Real reader, AGW's eval_sysu, all-search, 3 gallery trials.
+    SYSU layout, 80 generated ids re-split into 60 training ids (59 train + 1 val) and 20 held-out test ids,
+    2 images per camera; ResNet-18 trunk at 96x48, 32-d stripes; the full MGJ loss with the triplet terms on
+    L2-normalised features, one learning rate (0.02) for backbone and head, P4 x K4, 12 epochs of 16 steps
+    (about 3 minutes on 2 cores).  Real reader, AGW's eval_sysu, all-search, 10 gallery trials.
     """
     from admpff.training.datasets.sysu import SYSUMM01
     from admpff.training.features import evaluate_sysu
 
     tmp_path = tmp_path_factory.mktemp("learning")
     root = tmp_path / "sysu"
-    write_sysu(root, num_ids=40, images_per_cam=4, seed=2)
-    ids = list(range(1, 41))  # re-split: fewer training classes, more held-out identities
-    (root / "exp" / "train_id.txt").write_text(",".join(map(str, ids[:16])) + "\n")
-    (root / "exp" / "val_id.txt").write_text(",".join(map(str, ids[16:20])) + "\n")
-    (root / "exp" / "test_id.txt").write_text(",".join(map(str, ids[20:])) + "\n")
-    config = tiny_config(str(root), tmp_path / "run", "--epochs", "12", "--batch-p", "4", "--batch-k", "4",
-                         "--lr", "0.1", "--backbone-lr-mult", "1", "--lr-warmup", "1", "--lr-milestones", "100",
-                         "--triplet-weight", "0")
+    write_sysu(root, num_ids=80, images_per_cam=2, seed=2)
+    ids = list(range(1, 81))  # re-split: many training classes, 20 held-out identities
+    (root / "exp" / "train_id.txt").write_text(",".join(map(str, ids[:59])) + "\n")
+    (root / "exp" / "val_id.txt").write_text(f"{ids[59]}\n")
+    (root / "exp" / "test_id.txt").write_text(",".join(map(str, ids[60:])) + "\n")
+    config = tiny_config(str(root), tmp_path / "run", "--epochs", "12", "--max-steps-per-epoch", "16", *FROM_SCRATCH)
     trainer = Trainer(config)
     reader = SYSUMM01(str(root))
 
     def held_out():
-        result = evaluate_sysu(trainer.model, reader, mode="all", trials=3, cache_dir=config.cache_dir,
+        result = evaluate_sysu(trainer.model, reader, mode="all", trials=10, cache_dir=config.cache_dir,
                                contract=trainer.contract, progress=False)
         return {k: result["summary"][k] for k in ("mAP", "rank1")}
 
@@ -205,20 +208,19 @@ def short_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_short_training_fits_its_training_identities(short_run):
-    """The identity loss leaves chance (ln 20 = 3.0; 3.03 -> 2.70 measured at the 12th epoch) without a collapse."""
+def test_short_training_lowers_the_loss_without_collapse(short_run):
+    """Every epoch's triplet terms stay off the margin (no collapse) and the summed loss falls."""
     history = short_run["history"]
     assert not any(r.get("collapsed") for r in history)
-    first = np.mean([v for k, v in history[0]["terms"].items() if k.startswith("id/")])
-    last = np.mean([v for k, v in history[-1]["terms"].items() if k.startswith("id/")])
-    assert last < first - 0.15, (first, last)
+    first = np.mean([v for k, v in history[0]["terms"].items() if k.startswith("tri/")])
+    last = np.mean([v for k, v in history[-1]["terms"].items() if k.startswith("tri/")])
+    assert last < 0.8 * first, (first, last)
+    assert history[-1]["loss"] < history[0]["loss"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the issue's bar, not reached on 2 CPU cores from random weights: held-out mAP 11.2 -> 15.9 in this run; "
-    "over 240 steps 17.7 with seed 0 but 12.6 -> 10.8 with seed 1 (README, 'Known limitation'). Strict: "
-    "the day it passes, CI says so and this marker goes"))
 def test_short_training_raises_map_well_above_untrained_on_heldout_identities(short_run):
+    """Held-out mAP of the trained model at least 10 points above the untrained one's (README: measured)."""
     before, after = short_run["before"], short_run["after"]
     assert after["mAP"] >= before["mAP"] + 10.0, (before, after)
+    assert after["rank1"] > before["rank1"], (before, after)
