@@ -80,7 +80,9 @@ class Camera:
     switch: ModalitySwitch
     writer: cv2.VideoWriter | None = None
     video_path: Path | None = None
+    detect_every: int = 1   # run the detector on every Nth frame; the tracker coasts in between
     frames: int = 0
+    detected_frames: int = 0
     detections: int = 0
     modality_frames: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     done: bool = False
@@ -162,7 +164,10 @@ class FrontEnd(threading.Thread):
                     break
                 self.clock.add("decode", time.perf_counter() - t0)
                 modality = cam.switch.update(item.frame) if cam.modality_setting == "auto" else cam.modality_setting
-                boxes, scores = self.clock.timed("detect", cam.detector.detect, item.frame, frame_index=item.index)
+                if n % cam.detect_every == 0:
+                    boxes, scores = self.clock.timed("detect", cam.detector.detect, item.frame, frame_index=item.index)
+                else:  # a skipped frame: the tracker moves its tracks by their velocity
+                    boxes, scores = None, None
                 if not self._put((item, modality, boxes, scores)):
                     break
                 n += 1
@@ -192,17 +197,26 @@ class ReIDPipeline:
             # line-buffered: each event is one complete line on disk, even after Ctrl-C
             self.events = open(out / "events.jsonl", "w", buffering=1)
 
-    def add_camera(self, name: str, source: FrameSource, modality: str, detector, tracker: Tracker) -> None:
-        self.cameras.append(Camera(name, source, modality, detector, tracker, ModalitySwitch()))
+    def add_camera(self, name: str, source: FrameSource, modality: str, detector, tracker: Tracker,
+                   detect_every: int = 1) -> None:
+        if int(detect_every) < 1:
+            raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        self.cameras.append(Camera(name, source, modality, detector, tracker, ModalitySwitch(),
+                                   detect_every=int(detect_every)))
 
     # -- one frame ------------------------------------------------------------------------------
-    def process(self, cam: Camera, item, modality: str, boxes: np.ndarray, scores: np.ndarray) -> None:
+    def process(self, cam: Camera, item, modality: str, boxes: np.ndarray | None, scores: np.ndarray | None) -> None:
+        """One frame: ``boxes`` None means the detector skipped it (``detect_every``)."""
         index, timestamp, frame = item
         cam.modality_frames[modality] += 1
-        cam.detections += len(boxes)
-        self.clock.timed("track", cam.tracker.update, boxes, scores, frame_index=index, frame_shape=frame.shape)
-
-        due = cam.tracker.tracks_to_embed(frame.shape)
+        if boxes is None:
+            self.clock.timed("track", cam.tracker.coast, frame_index=index, frame_shape=frame.shape)
+            due = []  # crops are taken where a detection was, not where a prediction is
+        else:
+            cam.detected_frames += 1
+            cam.detections += len(boxes)
+            self.clock.timed("track", cam.tracker.update, boxes, scores, frame_index=index, frame_shape=frame.shape)
+            due = cam.tracker.tracks_to_embed(frame.shape)
         if due:
             t0 = time.perf_counter()
             crops = [crop(frame, t.box) for t in due]
@@ -344,7 +358,10 @@ class ReIDPipeline:
             "embed_ms_per_crop": round(1000.0 * self.clock.seconds.get("embed", 0.0) / max(self.embeddings, 1), 1),
             "empty_crops": self.embedder.empty_crops,
             "peak_rss_mb": round(peak_kb / 1024.0, 1),
-            "cameras": {c.name: {"uri": redact(c.source.uri), "frames": c.frames, "detections": c.detections,
+            "detect_ms_per_call": round(1000.0 * self.clock.seconds.get("detect", 0.0)
+                                        / max(self.clock.calls.get("detect", 0), 1), 1),
+            "cameras": {c.name: {"uri": redact(c.source.uri), "frames": c.frames, "detect_every": c.detect_every,
+                                 "detected_frames": c.detected_frames, "detections": c.detections,
                                  "modality_frames": dict(c.modality_frames), "reconnects": c.source.reconnects,
                                  "tracks": c.tracker.tracks_started,
                                  "video": str(c.video_path) if c.video_path else None} for c in self.cameras},
@@ -359,6 +376,10 @@ def format_summary(s: dict) -> str:
              f"{s['embeddings']} embeddings ({s['embeddings_per_s']}/s, {s['embed_ms_per_crop']} ms/crop), "
              f"{len(s['identities'])} identities, peak RSS {s['peak_rss_mb']} MB",
              f"{'stage':<8}{'ms/frame':>10}{'frames/s':>10}"]
+    every = sorted({c.get("detect_every", 1) for c in s["cameras"].values()})
+    if every != [1]:
+        lines.insert(1, f"detector on every {'/'.join(map(str, every))} frames, {s['detect_ms_per_call']} ms per call; "
+                        "the tracker carries boxes between")
     for stage in STAGES:
         v = s["stage_ms_per_frame"][stage]
         fps = s["stage_fps"][stage]
@@ -387,6 +408,15 @@ def _tracker_for(detector, args) -> Tracker:
                    high_score=high_score, low_score=low_score)
 
 
+def _detector_options(args) -> dict:
+    spec = str(args.detector).strip().lower()
+    if spec in ("", "hog"):
+        if not args.hog_scale > 1.0:
+            raise ValueError(f"--hog-scale must be above 1.0 (the pyramid step), got {args.hog_scale}")
+        return {"scale": args.hog_scale}
+    return {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     ap = argparse.ArgumentParser(prog="admpff-reid", description=doc[0], epilog="\n\n".join(doc[1:]),
@@ -397,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--modality", action="append", default=[], metavar="[NAME=]MODE",
                     help="visible, infrared or auto (default auto: decided per frame from chroma)")
     ap.add_argument("--detector", default="hog", help="hog (built in), a YOLO .onnx, or a MOT-challenge .txt")
+    ap.add_argument("--detect-every", type=int, default=1, metavar="N",
+                    help="run the detector on every Nth frame and let the tracker carry the boxes between "
+                         "(DeepStream's interval=N-1); embeddings come from detector frames only")
+    ap.add_argument("--hog-scale", type=float, default=1.05,
+                    help="HOG pyramid step: 1.05 finds more people, 1.1 runs about twice as fast")
     ap.add_argument("--gallery", default=None, help="gallery file of known people (.npz)")
     ap.add_argument("--enroll", default=None, metavar="DIR", help="enroll DIR/<person>/*.jpg into --gallery first")
     ap.add_argument("--enroll-modality", default="visible")
@@ -414,6 +449,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    if args.detect_every < 1:
+        raise ValueError(f"--detect-every must be >= 1, got {args.detect_every}")
+    detector_options = _detector_options(args)
     embedder = load_embedder(args.model, **({"intra_op_threads": args.threads} if args.threads and
                                              args.model.endswith(".onnx") else {}))
     gallery = None
@@ -438,9 +476,9 @@ def run(args) -> int:
     try:
         for spec in args.source:
             s = parse_source_spec(spec, default_name=f"cam{len(pipeline.cameras) + 1}")
-            detector = build_detector(args.detector)
+            detector = build_detector(args.detector, **detector_options)
             pipeline.add_camera(s.name, open_source(s), per_camera.get(s.name, default_mode), detector,
-                                _tracker_for(detector, args))
+                                _tracker_for(detector, args), detect_every=args.detect_every)
     except BaseException:
         pipeline.finish()
         raise

@@ -113,7 +113,8 @@ class Track:
     keep_last: int = 8
     age: int = 1                  # frames since the track started (inclusive)
     hits: int = 1                 # frames with a matched detection
-    time_since_update: int = 0    # frames since the last matched detection
+    time_since_update: int = 0    # detector frames since the last matched detection
+    frames_since_measured: int = 0  # all frames (detector or coasted) since the last matched detection
     confirmed: bool = False
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float32))
     identity: str | None = None   # set by the cross-camera IdentityRegistry
@@ -134,14 +135,23 @@ class Track:
         return self.box + self.velocity
 
     def _predict(self) -> None:
+        """A frame the detector ran on: the track is missed until a detection matches it."""
         self.box = self.predicted_box()
         self.age += 1
         self.time_since_update += 1
+        self.frames_since_measured += 1
+
+    def _coast(self) -> None:
+        """A frame the detector skipped: move with the velocity; nothing was looked for, so nothing
+        was missed (``time_since_update`` stays)."""
+        self.box = self.predicted_box()
+        self.age += 1
+        self.frames_since_measured += 1
 
     def _update(self, box: np.ndarray, score: float, smoothing: float, min_hits: int) -> None:
         box = np.asarray(box, np.float32)
         # `self.box` already holds the prediction; the correction is relative to the last measurement
-        steps = self.time_since_update
+        steps = self.frames_since_measured
         if steps >= 1:
             measured = (box - (self.box - self.velocity * steps)) / steps
             self.velocity = (1 - smoothing) * self.velocity + smoothing * measured
@@ -149,6 +159,7 @@ class Track:
         self.score = float(score)
         self.hits += 1
         self.time_since_update = 0
+        self.frames_since_measured = 0
         if self.hits >= min_hits:
             self.confirmed = True
 
@@ -262,6 +273,16 @@ class Tracker:
             else:
                 alive.append(t)
         self.tracks = alive
+        return [t for t in self.tracks if t.time_since_update == 0]
+
+    def coast(self, frame_index: int | None = None, frame_shape: tuple[int, ...] | None = None) -> list[Track]:
+        """Advance one frame the detector skipped (DeepStream's ``interval``): every track moves by its
+        velocity, none is counted as missed, none starts or ends.  Returns the tracks shown."""
+        self.frame_index = self.frame_index + 1 if frame_index is None else int(frame_index)
+        if frame_shape is not None:
+            self.frame_shape = tuple(frame_shape)
+        for t in self.tracks:
+            t._coast()
         return [t for t in self.tracks if t.time_since_update == 0]
 
     # -- embedding schedule ------------------------------------------------------------------------

@@ -64,6 +64,34 @@ def test_cli_writes_valid_events_video_and_summary(model, tmp_path):
 
 
 @needs_clip
+def test_detect_every_runs_the_detector_on_every_nth_frame_and_still_reports_every_frame(model, tmp_path):
+    out = tmp_path / "every3"
+    rc = reid.main(["--model", str(model), "--source", f"lobby={CLIP}", "--out", str(out), "--max-frames", "30",
+                    "--detect-every", "3", "--hog-scale", "1.1", "--no-video", "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    cam = summary["cameras"]["lobby"]
+    assert cam["frames"] == 30 and cam["detect_every"] == 3 and cam["detected_frames"] == 10
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    frames_with_events = {e["frame"] for e in events}
+    coasted = {f for f in frames_with_events if f % 3 != 0}
+    assert coasted, "tracks are reported on the frames the detector skipped"
+    by_track = {}
+    for e in events:
+        by_track.setdefault(e["track"], []).append((e["frame"], e["box"]))
+    longest = max(by_track.values(), key=len)
+    assert len({f for f, _ in longest}) == len(longest), "one event per track and frame"
+
+
+def test_detect_every_and_hog_scale_are_checked(model):
+    for flags, words in ((["--detect-every", "0"], "--detect-every must be >= 1"),
+                         (["--hog-scale", "1.0"], "--hog-scale must be above 1.0")):
+        p = subprocess.run([sys.executable, "-m", "admpff.runtime.reid", "--model", str(model), "--source",
+                            "x=missing.avi", *flags], capture_output=True, text=True)
+        assert p.returncode == 2 and words in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
+
+
+@needs_clip
 def test_two_cameras_share_identities(model, tmp_path):
     """The same footage on two cameras: the same people get the same ids on both."""
     out = tmp_path / "two"

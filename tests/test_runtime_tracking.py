@@ -81,6 +81,31 @@ def test_lost_track_survives_max_age_then_is_deleted():
     assert tr.tracks == [] and tr.tracks_removed == 1
 
 
+def test_coasting_between_detector_frames_moves_tracks_and_keeps_velocity_exact():
+    """--detect-every N: on skipped frames tracks move by their velocity, stay shown and are not
+    counted as missed; the next detection corrects the velocity over all the frames in between."""
+    tr = Tracker(min_hits=1, velocity_smoothing=1.0)  # velocity = the newest displacement, to check it exactly
+    walk = lambda f: person(100 + 4 * f, 100)  # 4 px per frame to the right
+    for f in (0, 1):
+        tr.update(np.array([walk(f)], np.float32), np.array([0.9], np.float32), f, FRAME)
+    t = tr.tracks[0]
+    np.testing.assert_allclose(t.velocity, [4, 0, 4, 0])
+    shown = tr.coast(2, FRAME)
+    assert shown == [t] and t.time_since_update == 0 and t in tr.active_tracks
+    np.testing.assert_allclose(t.box, walk(2))      # predicted where the person is
+    tr.coast(3, FRAME)
+    assert tr.frame_index == 3 and t.age == 4 and t.hits == 2
+    # the person sped up to 7 px per frame over frames 2..4: (x4 - x1) / 3 frames
+    x4 = [100 + 4 * 1 + 7 * 3, 100, 100 + 4 * 1 + 7 * 3 + 40, 200]
+    tr.update(np.array([x4], np.float32), np.array([0.9], np.float32), 4, FRAME)
+    assert tr.tracks == [t] and t.hits == 3 and t.frames_since_measured == 0
+    np.testing.assert_allclose(t.velocity, [7, 0, 7, 0], atol=1e-5)
+    # coasting never ends a track, however long; a missed detector frame does, as before
+    for f in range(5, 100):
+        tr.coast(f)
+    assert tr.tracks == [t] and t.time_since_update == 0 and tr.tracks_removed == 0
+
+
 def test_unconfirmed_track_dies_on_first_miss():
     tr = Tracker(min_hits=3)
     tr.update(np.array([person(0, 0)], np.float32), np.array([0.9], np.float32), 0)
