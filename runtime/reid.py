@@ -362,6 +362,7 @@ class ReIDPipeline:
                                         / max(self.clock.calls.get("detect", 0), 1), 1),
             "cameras": {c.name: {"uri": redact(c.source.uri), "frames": c.frames, "detect_every": c.detect_every,
                                  "detected_frames": c.detected_frames, "detections": c.detections,
+                                 "source_fps": round(c.source.fps, 2) if c.source.fps and c.source.fps < 240 else None,
                                  "modality_frames": dict(c.modality_frames), "reconnects": c.source.reconnects,
                                  "tracks": c.tracker.tracks_started,
                                  "video": str(c.video_path) if c.video_path else None} for c in self.cameras},
@@ -384,7 +385,24 @@ def format_summary(s: dict) -> str:
         v = s["stage_ms_per_frame"][stage]
         fps = s["stage_fps"][stage]
         lines.append(f"{stage:<8}{v:>10.1f}{(f'{fps:.1f}' if fps else '-'):>10}")
+    hint = _keep_up_hint(s)
+    if hint:
+        lines.append(hint)
     return "\n".join(lines)
+
+
+def _keep_up_hint(s: dict) -> str | None:
+    """A camera runs at its own rate: say how to keep up when detection is what holds the run back."""
+    rates = [c.get("source_fps") for c in s["cameras"].values()]
+    if not rates or not all(rates) or s["fps_end_to_end"] >= 0.98 * sum(rates):  # fps counts every camera's frames
+        return None
+    ms = s["stage_ms_per_frame"]
+    if ms["detect"] < max(ms[k] for k in STAGES if k != "detect"):
+        return None
+    every = max(c.get("detect_every", 1) for c in s["cameras"].values())
+    return (f"hint: {s['fps_end_to_end']} frames/s is below the sources' {sum(rates):g} and detection takes the most "
+            f"time ({ms['detect']:.0f} ms/frame); --detect-every {every + 1} runs the detector on fewer frames "
+            "and lets the tracker carry the boxes between (a YOLO ONNX --detector or a GPU also helps)")
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -83,6 +83,21 @@ def test_detect_every_runs_the_detector_on_every_nth_frame_and_still_reports_eve
     assert len({f for f, _ in longest}) == len(longest), "one event per track and frame"
 
 
+def test_summary_hints_at_detect_every_only_when_detection_holds_a_camera_back():
+    def summary(fps, detect_ms, embed_ms=30.0, source_fps=10.0, every=1):
+        ms = {k: 1.0 for k in reid.STAGES} | {"detect": detect_ms, "embed": embed_ms}
+        return {"frames": 100, "seconds": 100 / fps, "fps_end_to_end": fps, "embeddings": 10, "embeddings_per_s": 1.0,
+                "embed_ms_per_crop": 50.0, "identities": {}, "peak_rss_mb": 300.0, "detect_ms_per_call": detect_ms * every,
+                "stage_ms_per_frame": ms, "stage_fps": {k: 1000 / v for k, v in ms.items()},
+                "cameras": {"lobby": {"source_fps": source_fps, "detect_every": every}}}
+    slow = reid.format_summary(summary(7.8, 125.0))
+    assert "hint:" in slow and "--detect-every 2" in slow
+    assert "--detect-every 3" in reid.format_summary(summary(7.0, 70.0, every=2))
+    assert "hint:" not in reid.format_summary(summary(14.6, 64.0))               # keeps up
+    assert "hint:" not in reid.format_summary(summary(5.0, 40.0, embed_ms=150.0))  # embedding is the slow stage
+    assert "hint:" not in reid.format_summary(summary(5.0, 125.0, source_fps=None))  # live source of unknown rate
+
+
 def test_detect_every_and_hog_scale_are_checked(model):
     for flags, words in ((["--detect-every", "0"], "--detect-every must be >= 1"),
                          (["--hog-scale", "1.0"], "--hog-scale must be above 1.0")):
