@@ -273,6 +273,10 @@ class Tracker:
             else:
                 alive.append(t)
         self.tracks = alive
+        return self._seen()
+
+    def _seen(self) -> list[Track]:
+        """Tracks whose box in the current frame is a detection or carried between detector frames."""
         return [t for t in self.tracks if t.time_since_update == 0]
 
     def coast(self, frame_index: int | None = None, frame_shape: tuple[int, ...] | None = None) -> list[Track]:
@@ -283,7 +287,7 @@ class Tracker:
             self.frame_shape = tuple(frame_shape)
         for t in self.tracks:
             t._coast()
-        return [t for t in self.tracks if t.time_since_update == 0]
+        return self._seen()
 
     # -- embedding schedule ------------------------------------------------------------------------
     def tracks_to_embed(self, frame_shape: tuple[int, ...] | None = None) -> list[Track]:

@@ -587,7 +587,8 @@ class Trainer:
                         log.warning("epoch %d: every hetero-center triplet term equals the margin (%.2f): the stripe "
                                     "features have collapsed to a constant (HcTri issue #27, 'TLoss stuck'); start from "
                                     "pretrained weights, or from random weights use --triplet-norm-feat with one "
-                                    "learning rate (--backbone-lr-mult 1, --lr 0.01)", done, config.margin)
+                                    "learning rate (--backbone-lr-mult 1; configs/synthetic.yaml has the recipe)",
+                                    done, config.margin)
                 improved = False
                 if self._should_eval(done):
                     if self.is_main:
