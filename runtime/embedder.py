@@ -1,16 +1,28 @@
-"""One ``Embedder`` interface over inference backends, chosen by file suffix (as BoxMOT does).
+"""One ``Embedder`` interface over inference backends, each backend one module, chosen by a small table.
 
-``load_embedder("m.onnx")`` -> ONNX Runtime; ``load_embedder("m.engine")`` -> TensorRT.  Either way the
-model's own metadata (ONNX ``metadata_props`` or the engine's JSON sidecar) supplies the input
-contract, so callers hand over BGR crops of any size and a modality per crop and get L2-normalised
-float32 embeddings back.
+``load_embedder("m.onnx")`` picks a backend for the file (see :func:`choose_backend`: TensorRT for
+engines, OpenVINO for ONNX/IR on x86 CPUs, ONNX Runtime when it has a GPU provider or elsewhere);
+``load_embedder("m.onnx", backend="onnxruntime")`` forces one.  Whatever runs it, the model's own
+metadata (ONNX ``metadata_props``, OpenVINO's ``rt_info["framework"]``, or the engine's JSON sidecar)
+supplies the input contract, so callers hand over BGR crops of any size and a modality per crop and
+get L2-normalised float32 embeddings back.
+
+Backends are registered with :func:`register_backend` by name, file suffixes and URL schemes, and a
+``"module:Class"`` loader that is imported only when that backend is chosen: this module imports
+neither onnxruntime, openvino, tensorrt nor tritonclient.
 """
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
+import inspect
 import logging
+import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -22,6 +34,24 @@ log = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """A model file that cannot be used: missing, corrupt, wrong shape or built for another device."""
+
+
+def as_crop_list(crops) -> list[np.ndarray]:
+    """Normalise ``embed``'s first argument to a list of crops.
+
+    A bare ndarray is read by its rank: 2-D (grayscale) or 3-D (HxWxC) is one crop, 4-D is a stack of
+    crops.  Anything else is refused with a message instead of being iterated row by row.
+    """
+    if isinstance(crops, np.ndarray):
+        if crops.ndim in (2, 3):
+            return [crops]
+        if crops.ndim == 4:
+            return list(crops)
+        raise ValueError(f"crops array has shape {crops.shape}: expected one HxWx3 crop, an NxHxWx3 "
+                         "stack, or a list of crops")
+    if isinstance(crops, (str, bytes)) or not hasattr(crops, "__len__"):
+        raise TypeError(f"crops is {type(crops).__name__}: expected a list of HxWx3 BGR arrays")
+    return list(crops)
 
 
 class Embedder(abc.ABC):
@@ -73,12 +103,16 @@ class Embedder(abc.ABC):
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return out / np.maximum(norms, 1e-12)
 
-    def embed(self, crops: Sequence[np.ndarray], modalities: Sequence[str | int] | str | int) -> np.ndarray:
+    def embed(self, crops: Sequence[np.ndarray] | np.ndarray,
+              modalities: Sequence[str | int] | str | int) -> np.ndarray:
         """BGR crops (any size) + modality per crop (or one for all) -> float32 [n, dim], unit rows.
 
+        ``crops`` is a list of HxWx3 arrays or an NxHxWx3 array.  A single image given as one HxWx3
+        (or HxW grayscale) array is one crop and gives one row, never one row per pixel row.
         A zero-area crop yields a zero row (cosine 0 with everything, so it never matches) and is
         counted in ``empty_crops`` instead of aborting a whole video frame.
         """
+        crops = as_crop_list(crops)
         n = len(crops)
         codes = self._modalities(modalities, n)
         if n == 0:
@@ -100,83 +134,171 @@ class Embedder(abc.ABC):
         return f"{type(self).__name__}({self.path.name}, precision={self.info.precision})"
 
 
-class OnnxRuntimeEmbedder(Embedder):
-    """ONNX Runtime backend: TensorRT provider, then CUDA, then CPU, whichever the install offers."""
+# ------------------------------------------------------------------------------------------------
+# Backend registry
+# ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Backend:
+    """One inference backend: how files and URIs map to it, and where its class lives."""
 
-    PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    name: str
+    loader: str                       # "package.module:Class", imported only when chosen
+    suffixes: tuple[str, ...] = ()    # lower-case, with the dot
+    schemes: tuple[str, ...] = ()     # URL schemes of model URIs, e.g. "grpc"
+    requires: str | None = None       # top-level module whose presence means "installed"
+    threads_option: str | None = "threads"  # the keyword its class takes for a CPU thread count
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
-                 provider_options: dict[str, dict] | None = None, intra_op_threads: int | None = None,
-                 spin: bool = False):
-        import onnxruntime as ort
+    def installed(self) -> bool:
+        return self.requires is None or importlib.util.find_spec(self.requires) is not None
 
-        path = Path(path)
-        if not path.is_file():
-            raise ModelLoadError(f"model file not found: {path}")
-        available = ort.get_available_providers()
-        if providers is None:
-            providers = [p for p in self.PREFERRED_PROVIDERS if p in available]
-        else:
-            missing = [p for p in providers if p not in available]
-            if missing:
-                raise ModelLoadError(f"ONNX Runtime here lacks {missing}; available: {available}")
-        options = [dict((provider_options or {}).get(p, {})) for p in providers]
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if intra_op_threads:
-            so.intra_op_num_threads = intra_op_threads
-        if not spin:
-            # ORT's idle worker threads spin by default; next to a detector and a decoder on a few cores
-            # (a Jetson, this 2-core box) they steal the CPU the other stages need.
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), sess_options=so, providers=list(providers),
-                                                provider_options=options)
-        except Exception as exc:  # ORT raises several private exception types for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot load {path.name} with ONNX Runtime: {first}") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
-        try:
-            info = ModelInfo.from_metadata(meta, source=path.name)
-        except ValueError as exc:
-            raise ModelLoadError(str(exc)) from None
-        super().__init__(info, path)
-        self._check_io()
-        self.providers = self.session.get_providers()
-
-    def _check_io(self) -> None:
-        c = self.contract
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if set(inputs) != set(c.input_names) or c.output_name not in outputs:
-            raise ModelLoadError(f"{self.path.name} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
-                                 f"expected inputs {list(c.input_names)} and output {c.output_name!r}")
-        shape = inputs[c.input_names[0]].shape
-        if len(shape) != 4 or list(shape[1:]) != [3, c.height, c.width]:
-            raise ModelLoadError(f"{self.path.name} takes images of shape {shape}, but its contract says "
-                                 f"[batch, 3, {c.height}, {c.width}]")
-        out_shape = outputs[c.output_name].shape
-        if len(out_shape) != 2 or (isinstance(out_shape[1], int) and out_shape[1] != self.dim):
-            raise ModelLoadError(f"{self.path.name} emits {out_shape}, expected [batch, {self.dim}]")
-        if isinstance(shape[0], int):
-            self.max_batch = shape[0]
-
-    def _infer(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        names = self.contract.input_names
-        return self.session.run([self.contract.output_name], {names[0]: images, names[1]: modality})[0]
-
-    def describe(self) -> str:
-        return f"onnxruntime[{self.providers[0]}] {self.path.name} ({self.info.precision})"
+    def load_class(self) -> type[Embedder]:
+        module_name, _, class_name = self.loader.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_embedder(path: str | Path, **options) -> Embedder:
-    """Pick the backend by suffix: ``.onnx`` -> ONNX Runtime, ``.engine``/``.plan`` -> TensorRT."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return OnnxRuntimeEmbedder(path, **options)
-    if suffix in (".engine", ".plan", ".trt"):
-        from .tensorrt_backend import TensorRTEmbedder  # imports tensorrt lazily
+_BACKENDS: dict[str, Backend] = {}
 
-        return TensorRTEmbedder(path, **options)
-    raise ModelLoadError(f"unsupported model file {path.name!r}: expected .onnx or .engine")
+
+def register_backend(name: str, *, loader: str, suffixes: Sequence[str] = (), schemes: Sequence[str] = (),
+                     requires: str | None = None, threads_option: str | None = "threads") -> Backend:
+    """Add (or replace) a backend.  ``loader`` is ``"module:Class"``; the class takes the model path or
+    URI as its first argument and raises :class:`ModelLoadError` for anything it cannot run."""
+    backend = Backend(name=name, loader=loader, suffixes=tuple(x.lower() for x in suffixes),
+                      schemes=tuple(x.lower() for x in schemes), requires=requires,
+                      threads_option=threads_option)
+    _BACKENDS[name] = backend
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    """The registered backends by name, in registration order."""
+    return dict(_BACKENDS)
+
+
+# The table.  Order matters only for listing; ``choose_backend`` holds the "auto" rule.
+register_backend("onnxruntime", loader="admpff.runtime.onnxruntime_backend:OnnxRuntimeEmbedder",
+                 suffixes=(".onnx",), requires="onnxruntime")
+register_backend("openvino", loader="admpff.runtime.openvino_backend:OpenVINOEmbedder",
+                 suffixes=(".onnx", ".xml"), requires="openvino")
+register_backend("tensorrt", loader="admpff.runtime.tensorrt_backend:TensorRTEmbedder",
+                 suffixes=(".engine", ".plan", ".trt"), requires="tensorrt", threads_option=None)
+# A model served by Triton Inference Server (admpff-serve, or an admpff-export --triton repository).
+register_backend("triton", loader="admpff.runtime.triton_backend:TritonEmbedder",
+                 schemes=("grpc", "http"), requires="tritonclient", threads_option=None)
+
+BACKEND_CHOICES = ("auto", *_BACKENDS)
+
+
+def _scheme(path_or_uri: str | Path) -> str:
+    if isinstance(path_or_uri, Path):
+        return ""
+    scheme = urlparse(str(path_or_uri)).scheme.lower()
+    return scheme if len(scheme) > 1 else ""  # "C:\model.onnx" is a path, not a URI
+
+
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "i386")
+
+
+def _ort_has_gpu() -> bool:
+    from .onnxruntime_backend import GPU_PROVIDERS, available_providers  # imports nothing heavy
+
+    return any(p in available_providers() for p in GPU_PROVIDERS)
+
+
+def choose_backend(path_or_uri: str | Path, backend: str = "auto", options: dict | None = None) -> Backend:
+    """The backend that runs ``path_or_uri``.
+
+    An explicit name must exist and accept the file.  ``auto``: a URI goes to the backend registered
+    for its scheme; a suffix with one backend goes to it (``.engine`` -> TensorRT, ``.xml`` ->
+    OpenVINO); for ``.onnx`` the rule is what measured fastest (README, "Backends"): ONNX Runtime when
+    it has a GPU provider (TensorRT/CUDA), else OpenVINO on an x86 CPU when it is installed, else ONNX
+    Runtime.  Options only one candidate accepts (``providers=`` for ONNX Runtime, ``precision=`` for
+    OpenVINO) narrow the choice to that candidate.
+    """
+    scheme = _scheme(path_or_uri)
+    suffix = "" if scheme else Path(str(path_or_uri)).suffix.lower()
+    if backend != "auto":
+        if backend not in _BACKENDS:
+            raise ModelLoadError(f"unknown backend {backend!r}; choose from {', '.join(BACKEND_CHOICES)}")
+        chosen = _BACKENDS[backend]
+        accepted = chosen.schemes if scheme else chosen.suffixes
+        if accepted and (scheme or suffix) not in accepted:
+            what = f"{scheme}:// URIs" if scheme else f"{suffix or 'suffix-less'} files"
+            raise ModelLoadError(f"backend {backend!r} does not run {what} "
+                                 f"(it takes {', '.join(accepted)})")
+        return chosen
+    if scheme:
+        candidates = [b for b in _BACKENDS.values() if scheme in b.schemes]
+        if not candidates:
+            known = sorted({s for b in _BACKENDS.values() for s in b.schemes})
+            raise ModelLoadError(f"no backend serves {scheme}:// model URIs"
+                                 + (f" (known schemes: {', '.join(known)})" if known else ""))
+        return candidates[0]
+    candidates = [b for b in _BACKENDS.values() if suffix in b.suffixes]
+    if not candidates:
+        known = sorted({s for b in _BACKENDS.values() for s in b.suffixes})
+        raise ModelLoadError(f"unsupported model file {Path(str(path_or_uri)).name!r}: expected "
+                             f"{', '.join(known)} or a model URI")
+    if len(candidates) == 1:
+        return candidates[0]
+    installed = [b for b in candidates if b.installed()] or candidates
+    specific = set(options or {}) - {"threads"}
+    if specific:
+        fitting = [b for b in installed if specific <= _accepted_options(b)]
+        if fitting:
+            installed = fitting
+    names = {b.name: b for b in installed}
+    if len(names) == 1:
+        return installed[0]
+    if "onnxruntime" in names and _ort_has_gpu():
+        return names["onnxruntime"]
+    if "openvino" in names and _is_x86():
+        return names["openvino"]
+    return names.get("onnxruntime", installed[0])
+
+
+def _accepted_options(backend: Backend) -> set[str]:
+    try:
+        params = inspect.signature(backend.load_class().__init__).parameters
+    except (ImportError, AttributeError):
+        return set()
+    return {name for name in params if name != "self"}
+
+
+def load_embedder(path_or_uri: str | Path, backend: str = "auto", *, threads: int | None = None,
+                  **options) -> Embedder:
+    """An :class:`Embedder` for a model file or URI.
+
+    ``backend``: ``"auto"`` (see :func:`choose_backend`) or a registered name (``onnxruntime``,
+    ``openvino``, ``tensorrt``, ...).  ``threads`` is the CPU thread count for backends that take
+    one (ignored by TensorRT); other ``options`` go to the backend's class as they are.
+    Raises :class:`ModelLoadError` with a one-line message for anything that cannot be run.
+    """
+    chosen = choose_backend(path_or_uri, backend, {**options, **({"threads": threads} if threads else {})})
+    # A backend whose package is missing is still constructed: its class says, in one line, what to
+    # install (each backend module imports its package only inside the class).
+    try:
+        cls = chosen.load_class()
+    except ImportError as exc:
+        raise ModelLoadError(f"backend {chosen.name!r} cannot be imported: {exc}") from None
+    if threads and chosen.threads_option:
+        options[chosen.threads_option] = threads
+    unknown = set(options) - _accepted_options(chosen)
+    if unknown and not _takes_kwargs(cls):
+        raise ModelLoadError(f"backend {chosen.name!r} takes no option {', '.join(sorted(unknown))}")
+    target = path_or_uri if _scheme(path_or_uri) else Path(path_or_uri)
+    return cls(target, **options)
+
+
+def _takes_kwargs(cls) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
+
+
+def __getattr__(name: str):
+    # Kept importable from here for existing callers; the class lives in its backend module.
+    if name == "OnnxRuntimeEmbedder":
+        from .onnxruntime_backend import OnnxRuntimeEmbedder
+
+        return OnnxRuntimeEmbedder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -58,7 +58,8 @@ def test_dynamic_batch_and_parity_with_pytorch(exported, batch):
     model, path = exported
     x = images(batch, seed=batch)
     mod = (np.arange(batch) % 2).astype(np.int32)
-    got = load_embedder(path).embed_batch(x, mod)
+    # FP32 parity is ONNX Runtime's job; OpenVINO's CPU default may be bf16 (tests/test_openvino_backend.py)
+    got = load_embedder(path, backend="onnxruntime").embed_batch(x, mod)
     with torch.no_grad():
         ref = model(torch.from_numpy(normalize_batch(x, model.contract())), torch.from_numpy(mod).long()).numpy()
     assert got.shape == (batch, 160)
