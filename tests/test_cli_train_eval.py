@@ -121,4 +121,5 @@ def test_console_script_reports_missing_checkpoint(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "checkpoint not found" in proc.stderr
     help_text = subprocess.run([sys.executable, "-m", "admpff.training.cli_train", "--help"],
                                capture_output=True, text=True).stdout
+    help_text = " ".join(help_text.split())  # wrapped to the terminal's width
     assert "no validation split" in help_text and "--heldout-ids" in help_text and "torchrun" in help_text

@@ -11,13 +11,13 @@ or thermal->visible with ``--tvsearch``; several checkpoints are averaged.  Imag
 the image cache, i.e. ``admpff.runtime.preprocess.resize_crop``, the runtime's exact preprocessing.
 
 Prints a table (R1, R5, R10, R20, mAP, mINP; percent) and writes ``results.json`` and ``cmc.png`` to
-``--out`` (default: ``<checkpoint dir>/eval-<dataset>-<mode>``).  Errors (missing or corrupt
-checkpoint, missing data) are one line on stderr and exit status 2.
+``--out`` (default: ``<checkpoint dir>/eval-<dataset>-<mode>``), a folder made before the evaluation
+starts.  Errors (missing or corrupt checkpoint, missing data, an ``--out`` that is a file) are one
+line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -27,19 +27,22 @@ PROG = "admpff-eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Evaluate ADMPFF-Net checkpoints (AGW/HcTri protocol).")
+    from admpff.runtime.cli_support import make_parser
+
+    p = make_parser(PROG, "Evaluate ADMPFF-Net checkpoints (AGW/HcTri protocol).")
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="checkpoint(s) from admpff-train; several only for RegDB (one per trial)")
     p.add_argument("--dataset", choices=("sysu", "regdb"), help="default: the data set it was trained on")
     p.add_argument("--data", metavar="ROOT", help="data set root (default: the training run's --data)")
-    p.add_argument("--mode", choices=("all", "indoor"), default="all", help="SYSU search mode (default all)")
-    p.add_argument("--trials", type=int, default=10, help="SYSU gallery trials averaged (default 10)")
+    p.add_argument("--mode", choices=("all", "indoor"), default="all", help="SYSU search mode")
+    p.add_argument("--trials", type=int, default=10, help="SYSU gallery trials averaged")
     p.add_argument("--trial", type=int, help="RegDB split to test (default: the one the checkpoint was trained on)")
     p.add_argument("--tvsearch", action="store_true", help="RegDB thermal->visible (default visible->thermal)")
-    p.add_argument("--out", metavar="DIR", help="where results.json and cmc.png go")
-    p.add_argument("--batch", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--out", metavar="DIR",
+                   help="where results.json and cmc.png go (default: CHECKPOINT_DIR/eval-DATASET-MODE)")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--cache-dir", metavar="DIR", help="image caches (default ROOT/.admpff-cache)")
+    p.add_argument("--cache-dir", metavar="DIR", help="image caches (default: ROOT/.admpff-cache)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -58,6 +61,9 @@ def run(args: argparse.Namespace) -> dict:
     """Evaluate; returns the results dict (also written to ``<out>/results.json``)."""
     import torch
 
+    from admpff.runtime.atomic import write_json
+    from admpff.runtime.cli_support import prepare_output_dir
+
     from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
     from .datasets.common import DatasetError
     from .evaluation import format_table, plot_cmc, summarize
@@ -69,6 +75,8 @@ def run(args: argparse.Namespace) -> dict:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DatasetError("--device cuda was asked for, but CUDA is not available")
     progress = not args.no_progress
+    if args.out:  # a bad --out is reported before any checkpoint is read
+        prepare_output_dir(args.out)
     ckpts = [(path, load_checkpoint(path, require_training_state=False)) for path in args.checkpoints]
     train_cfgs = [c["config"].get("train", {}) for _, c in ckpts]
     dataset = args.dataset or train_cfgs[0].get("dataset")
@@ -78,12 +86,20 @@ def run(args: argparse.Namespace) -> dict:
     if not data:
         raise DatasetError("--data ROOT is required")
     if not os.path.isdir(data):
-        raise DatasetError(f"data root not found: {data!r} is not a directory")
+        raise DatasetError(f"data root not found: {data!r} is not a directory"
+                           + ("" if args.data else " (the training run's --data); pass --data ROOT"))
     if dataset == "sysu" and len(ckpts) > 1:
         raise DatasetError("give one checkpoint for SYSU-MM01 (several are for RegDB's per-trial models)")
     if args.trials < 1:
         raise DatasetError("--trials must be >= 1")
     cache_dir = args.cache_dir or default_cache_dir(data)
+    if dataset == "sysu":
+        mode = args.mode
+    else:
+        mode = "thermal_to_visible" if args.tvsearch else "visible_to_thermal"
+    # the output folder exists before the evaluation starts, so its results cannot be lost at the end
+    out = str(prepare_output_dir(args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])),
+                                                          f"eval-{dataset}-{mode}")))
 
     runs = []
     for path, ckpt in ckpts:
@@ -109,27 +125,20 @@ def run(args: argparse.Namespace) -> dict:
         del model
 
     if dataset == "sysu":
-        summary, mode = runs[0]["summary"], args.mode
+        summary = runs[0]["summary"]
     else:
         results = []
         for r in runs:  # summarize expects fractions; rebuild from each run's single-trial curve
             cmc = [v / 100.0 for v in r["summary"]["cmc"]]
             results.append((cmc, r["summary"]["mAP"] / 100.0, r["summary"]["mINP"] / 100.0))
         summary = summarize(results)
-        mode = "thermal_to_visible" if args.tvsearch else "visible_to_thermal"
-    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoints[0])), f"eval-{dataset}-{mode}")
-    os.makedirs(out, exist_ok=True)
     name = f"{dataset} {mode}" + (f" ({len(runs[0]['trials'])} trials)" if dataset == "sysu" else
                                   f" ({len(runs)} trial{'s' if len(runs) > 1 else ''})")
     table = format_table({name: summary})
     report = {"dataset": dataset, "data": os.path.abspath(data), "mode": mode, "summary": summary,
               "runs": runs, "table": table}
     plot_cmc({name: summary["cmc"]}, os.path.join(out, "cmc.png"))
-    tmp = os.path.join(out, ".results.json.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, os.path.join(out, "results.json"))
+    write_json(os.path.join(out, "results.json"), report)
     report["out"] = out
     return report
 
@@ -144,9 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .datasets.common import DatasetError
     from .model import ModelConfigError
+    from admpff.runtime.cli_support import CommandError
     try:
         report = run(args)
-    except (CheckpointError, DatasetError, ModelConfigError) as exc:
+    except (CheckpointError, DatasetError, ModelConfigError, CommandError) as exc:
         return _fail(_one_line(exc))
     except KeyboardInterrupt:
         return 130

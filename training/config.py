@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Sequence
 
@@ -213,10 +214,11 @@ EPILOG = SELECTION_HELP + (
 def build_parser() -> argparse.ArgumentParser:
     """``admpff-train`` flags.  Defaults are applied later (see :func:`resolve_config`), so that a flag
     given on the command line, and only such a flag, overrides the YAML file and the dataset preset."""
+    from admpff.runtime.cli_support import make_parser
+
     S = argparse.SUPPRESS
-    p = argparse.ArgumentParser(
-        prog="admpff-train", description="Train ADMPFF-Net on SYSU-MM01 or RegDB (HcTri recipe, paper eq. 11).",
-        epilog=EPILOG, argument_default=S)
+    p = make_parser("admpff-train", "Train ADMPFF-Net on SYSU-MM01 or RegDB (HcTri recipe, paper eq. 11).",
+                    epilog=textwrap.fill(EPILOG, 100), argument_default=S)
     g = p.add_argument_group("data")
     g.add_argument("--config", metavar="YAML", help="YAML file of settings (flags given here override it)")
     g.add_argument("--dataset", choices=DATASETS, help="data set and its preset (alpha, beta, P, K)")
@@ -272,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rescale warm-up and milestones from the paper's 80 epochs to --epochs (short runs)")
     g = p.add_argument_group("run")
     g.add_argument("--out", metavar="DIR", help="output folder (default runs/<dataset>)")
-    g.add_argument("--resume", metavar="PATH", help="continue a run from its checkpoint (e.g. OUT/last.pt)")
+    g.add_argument("--resume", metavar="PATH",
+                   help="continue a run from its checkpoint (e.g. OUT/last.pt); it goes on in the checkpoint's "
+                        "folder, or in --out when given, never in another run's folder")
     g.add_argument("--seed", type=int)
     g.add_argument("--workers", type=int, help="data loader processes (default 4)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (under torchrun: the local rank's GPU)")
@@ -289,7 +293,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", dest="log_every", type=int, metavar="STEPS")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Write TrainConfig's default into each flag's help (the parser's own defaults are SUPPRESS, so
+    that only flags given on the command line override the YAML file and the dataset preset)."""
+    defaults = TrainConfig().to_dict()
+    for action in parser._actions:
+        if action.dest not in defaults or isinstance(action, argparse._StoreConstAction):
+            continue
+        text = action.help or ""
+        value = defaults[action.dest]
+        if "default" in text or "preset" in text or value in (None, ""):
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        action.help = f"{text} (default: {value})".strip()
 
 
 def _normalise_keys(d: dict, source: str) -> dict:
@@ -344,7 +367,7 @@ def resolve_config(argv: Sequence[str] | None = None, *, base: dict | None = Non
         merged.update(base)
         merged.update(from_file)
         merged.update(explicit)
-        return TrainConfig.from_dict(merged).validate(), explicit
+        return resolve_paths(TrainConfig.from_dict(merged)).validate(), explicit
     dataset = explicit.get("dataset", from_file.get("dataset", ""))
     merged = TrainConfig().to_dict()
     merged.update(DATASET_PRESETS.get(dataset, {}))
@@ -352,4 +375,14 @@ def resolve_config(argv: Sequence[str] | None = None, *, base: dict | None = Non
     merged.update(explicit)
     if not merged.get("out"):
         merged["out"] = os.path.join("runs", dataset or "run")
-    return TrainConfig.from_dict(merged).validate(), explicit
+    return resolve_paths(TrainConfig.from_dict(merged)).validate(), explicit
+
+
+def resolve_paths(config: TrainConfig) -> TrainConfig:
+    """Make ``data``, ``out``, ``cache_dir`` and ``resume`` absolute, so that a checkpoint (which stores
+    the configuration) means the same folders whatever directory it is later resumed or evaluated from."""
+    for name in ("data", "out", "cache_dir", "resume"):
+        value = getattr(config, name)
+        if value:
+            setattr(config, name, os.path.abspath(os.path.expanduser(str(value))))
+    return config

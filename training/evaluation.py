@@ -190,14 +190,15 @@ def format_table(rows: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
-def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write a PNG of CMC curves (rank 1..N).
+def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike):
+    """Write a PNG of CMC curves (rank 1..N) with integer rank ticks; returns the matplotlib Figure.
 
     Curves whose values are all <= 1 are treated as fractions and shown in percent.  The figure is
     rendered with the Agg canvas (no pyplot global state) and written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     if not curves:
         raise ValueError("plot_cmc() needs at least one curve")
@@ -209,6 +210,7 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
         if values.size and values.max() <= 1.0:
             values = values * 100.0
         ax.plot(np.arange(1, values.size + 1), values, marker="o", markersize=3, label=str(name))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # ranks are whole numbers (no 2.5, 7.5)
     ax.set_xlabel("rank")
     ax.set_ylabel("matching rate (%)")
     ax.set_title("CMC")
@@ -227,3 +229,4 @@ def plot_cmc(curves: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return fig

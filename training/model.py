@@ -94,12 +94,12 @@ def stripe_rows(map_height: int, branch: str, slicing: str = "pose", en_rows: in
             return [(0, unit), (unit, 3 * unit), (3 * unit, 6 * unit)]
         if slicing == "equal":
             return [(0, 2 * unit), (2 * unit, 4 * unit), (4 * unit, 6 * unit)]
-        raise ModelConfigError(f"slicing must be 'pose' or 'equal', not {slicing!r}")
+        raise ModelConfigError(f"--slicing must be 'pose' or 'equal', not {slicing!r}")
     if branch == "p6":
         return [(i * unit, (i + 1) * unit) for i in range(6)]
     if branch == "en":
         if not 0 < en_rows <= map_height:
-            raise ModelConfigError(f"en_rows={en_rows} does not fit a {map_height}-row feature map")
+            raise ModelConfigError(f"--en-rows {en_rows} does not fit a {map_height}-row feature map")
         return [(map_height - en_rows, map_height)]
     raise ModelConfigError(f"unknown branch {branch!r}")
 
@@ -111,7 +111,7 @@ def check_input_size(height: int, width: int, en_rows: int = 3) -> tuple[int, in
                                + valid_input_sizes_message(en_rows))
     map_h, map_w = height // FEATURE_STRIDE, width // FEATURE_STRIDE
     if en_rows > map_h:
-        raise ModelConfigError(f"en_rows={en_rows} exceeds the {map_h}-row feature map of a {height}x{width} input")
+        raise ModelConfigError(f"--en-rows {en_rows} exceeds the {map_h}-row feature map of a {height}x{width} input")
     return map_h, map_w
 
 
@@ -137,13 +137,13 @@ def load_imagenet_state_dict(backbone: str, source: str) -> dict:
             return load_imagenet_state_dict(backbone, str(cache / name))
     raise PretrainedWeightsError(
         f"ImageNet weights for {backbone} are not in {cache} and no model hub is reachable from here: copy "
-        f"torchvision's {IMAGENET_WEIGHT_FILES[backbone][0]} there, or pass pretrained=/path/to/weights.pth")
+        f"torchvision's {IMAGENET_WEIGHT_FILES[backbone][0]} there, or pass --pretrained PATH (Python: pretrained=PATH)")
 
 
 def _resnet_stages(backbone: str, pretrained: str | None) -> list[nn.Module]:
     """torchvision ResNet split into stage0 (conv1, bn1, relu, maxpool) and stages 1-4, last stride 1."""
     if backbone not in BACKBONE_CHANNELS:
-        raise ModelConfigError(f"backbone must be one of {sorted(BACKBONE_CHANNELS)}, not {backbone!r}")
+        raise ModelConfigError(f"--backbone must be one of {sorted(BACKBONE_CHANNELS)}, not {backbone!r}")
     net = getattr(torchvision.models, backbone)(weights=None)
     if pretrained:
         state = load_imagenet_state_dict(backbone, pretrained)
@@ -172,7 +172,7 @@ class StripeHead(nn.Module):
                  pool: str = "max", gem_p: float = 3.0, global_classifier: bool = True):
         super().__init__()
         if pool not in ("max", "gem"):
-            raise ModelConfigError(f"pool must be 'max' or 'gem', not {pool!r}")
+            raise ModelConfigError(f"--pool must be 'max' or 'gem', not {pool!r}")
         self.rows = [tuple(r) for r in rows]
         self.pool, self.gem_p = pool, gem_p
         self.reducers = nn.ModuleList(
@@ -216,7 +216,7 @@ class ADMPFFNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.scheme not in SCHEMES:
-            raise ModelConfigError(f"scheme must be one of {sorted(SCHEMES)}, not {config.scheme}")
+            raise ModelConfigError(f"--scheme must be one of {sorted(SCHEMES)}, not {config.scheme}")
         self.config = config
         map_h, _ = check_input_size(config.height, config.width, config.en_rows)
         specific, shared, branch = SCHEMES[config.scheme]

@@ -1241,11 +1241,18 @@ class _UsageError(Exception):
     pass
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument as one line (no usage block) and exits with 2."""
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """admpff's parser (help shows every default) that reports a bad argument as one line (no usage
+    block) and exit 2."""
+    from admpff.runtime.cli_support import make_parser
 
-    def error(self, message):
+    parser = make_parser(prog, description)
+
+    def error(message):
         raise _UsageError(message)
+
+    parser.error = error
+    return parser
 
 
 def _size_arg(text: str):
@@ -1264,16 +1271,16 @@ def _size_arg(text: str):
 def main(argv: Sequence[str] | None = None) -> int:
     """``admpff-make-data {sysu,regdb} ROOT [--ids N] [--per-cam K] [--seed S] [--size HxW] [--force]``."""
     prog = "admpff-make-data"
-    parser = _Parser(prog=prog, description="Generate a synthetic visible-infrared re-ID data set "
-                                            "in the official SYSU-MM01 or RegDB layout.")
+    parser = _parser(prog, "Generate a synthetic visible-infrared re-ID data set in the official SYSU-MM01 "
+                           "or RegDB layout.")
     parser.add_argument("kind", choices=["sysu", "regdb"], help="which layout to write")
     parser.add_argument("root", help="output folder (must not exist or be empty, unless --force)")
     parser.add_argument("--ids", type=int, default=None, help="identities (default: sysu 60, regdb 40)")
     parser.add_argument("--per-cam", type=int, default=None,
-                        help="images per camera (sysu, default 4) or per modality (regdb, default 10)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+                        help="images per camera (sysu; default: 4) or per modality (regdb; default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--size", type=_size_arg, default=DEFAULT_SIZE, metavar="HxW",
-                        help="image height x width (default 128x64), or 'random' for varying sizes")
+                        help="image height x width (default: 128x64), or 'random' for varying sizes")
     parser.add_argument("--force", action="store_true", help="replace a non-empty ROOT")
     try:
         args = parser.parse_args(argv)
@@ -1284,8 +1291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.per_cam is not None and args.per_cam < 1:
             raise _UsageError(f"--per-cam must be at least 1, got {args.per_cam}")
         root = Path(args.root)
-        if root.exists() and (not root.is_dir() or (any(root.iterdir()) and not args.force)):
+        if root.exists() and not root.is_dir():
+            raise _UsageError(f"ROOT {root} is an existing file; give a folder")
+        if root.exists() and any(root.iterdir()) and not args.force:
             raise _UsageError(f"{root} exists and is not an empty folder (use --force to replace it)")
+        for parent in root.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise _UsageError(f"ROOT {root}: {parent} is a file, not a folder")
+                break
     except _UsageError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
@@ -1298,7 +1312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   seed=args.seed, image_size=args.size, overwrite=args.force, progress=True)
     except (OSError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; nothing was written to {root}", file=sys.stderr)
         return 130
