@@ -65,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--engine", action="store_true", help="build engines with admpff-build-engine's builder")
     e.add_argument("--batch", default="1,8,32", help="engine batch profile min,opt,max")
     e.add_argument("--workspace", type=float, default=2.0, help="builder workspace in GB")
+    srv = ap.add_argument_group("serving (Triton, DeepStream)")
+    srv.add_argument("--modality", action="append", default=[], choices=("visible", "infrared"),
+                     help="also write <name>.<modality>[.<precision>].onnx for each precision: the modality fixed "
+                          "inside the graph, one input (DeepStream, trackers); repeatable")
+    srv.add_argument("--triton", default=None, metavar="REPO",
+                     help="write a Triton model repository (onnxruntime models, tensorrt_plan configs) for the files")
+    srv.add_argument("--triton-max-batch", type=int, default=32, help="max_batch_size of the Triton models")
+    srv.add_argument("--triton-queue-delay-us", type=int, default=500,
+                     help="dynamic batching queue delay of the Triton models (microseconds)")
+    srv.add_argument("--deepstream", default=None, metavar="DIR",
+                     help="write nvtracker ReID and nvinfer SGIE configs for the single-input files (needs --modality)")
     ap.add_argument("-q", "--quiet", action="store_true")
     return ap
 
@@ -187,6 +198,10 @@ def run(args) -> int:
         from .engine_builder import build_engine_from_onnx
         trt_files = {p: f for p, f in files.items() if p in ("fp32", "fp16", "int8-qdq")}
         engines = stages.run("building TensorRT engines", _build_engines, build_engine_from_onnx, trt_files, args)
+
+    if args.modality or args.triton or args.deepstream:
+        from .serving_outputs import write_serving_outputs
+        write_serving_outputs(args, files, engines, name, stages, _check_qdq)
 
     _summary(files, reports, engines)
     if args.strict and any(not f.passed for f in reports):

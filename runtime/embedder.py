@@ -87,9 +87,18 @@ class Embedder(abc.ABC):
             raise ValueError(f"{n} crops but {len(modalities)} modalities")
         return np.asarray([self.contract.modality_code(m) for m in modalities], np.int32)
 
+    @property
+    def fixed_modality(self) -> str | None:
+        """The modality a single-input export was fixed to (``admpff.fixed_modality``), else None."""
+        return self.info.raw.get("admpff.fixed_modality") or None
+
     def embed_batch(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
         """Run preprocessed images (float32 NCHW 0..255), splitting batches above ``max_batch``."""
         n = images.shape[0]
+        fixed = self.fixed_modality
+        if fixed is not None and n and np.any(np.asarray(modality) != self.contract.modality_code(fixed)):
+            raise ValueError(f"{self.path.name} is fixed to {fixed} crops (a single-input export); embed the "
+                             "other modality with the two-input model or that modality's own file")
         if n == 0:
             return np.zeros((0, self.dim), np.float32)
         step = self.max_batch or n

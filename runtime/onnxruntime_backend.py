@@ -96,7 +96,8 @@ class OnnxRuntimeEmbedder(Embedder):
 
     def _infer(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
         names = self.contract.input_names
-        return self.session.run([self.contract.output_name], {names[0]: images, names[1]: modality})[0]
+        # zip: a single-input (modality-fixed) export takes only the images
+        return self.session.run([self.contract.output_name], dict(zip(names, (images, modality))))[0]
 
     def describe(self) -> str:
         return f"onnxruntime[{self.providers[0]}] {self.path.name} ({self.info.precision})"

@@ -173,15 +173,16 @@ class OpenVINOEmbedder(Embedder):
         if batch.is_dynamic:
             return
         try:
-            model.reshape({c.input_names[0]: ov.PartialShape([-1, 3, c.height, c.width]),
-                           c.input_names[1]: ov.PartialShape([-1])})
+            model.reshape(dict(zip(c.input_names, (ov.PartialShape([-1, 3, c.height, c.width]),
+                                                   ov.PartialShape([-1])))))
         except Exception:
             self.max_batch = batch.get_length()
 
     def _infer(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
         names = self.contract.input_names
         # share_inputs: OpenVINO reads the caller's contiguous arrays in place instead of copying them.
-        result = self.request.infer({names[0]: images, names[1]: modality}, share_inputs=True)
+        # zip: a single-input (modality-fixed) export takes only the images
+        result = self.request.infer(dict(zip(names, (images, modality))), share_inputs=True)
         return np.array(result[self.compiled.output(self.contract.output_name)], np.float32, copy=True)
 
     def describe(self) -> str:

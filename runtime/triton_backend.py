@@ -28,7 +28,6 @@ __all__ = ["TritonEmbedder", "TritonUnavailableError", "TritonURI", "parse_trito
 
 DEFAULT_MODEL_NAME = "admpff"
 DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
-FIXED_MODALITY_KEY = "admpff.fixed_modality"
 # Triton config data types of the contract's tensors.
 _IMAGES_TYPE, _MODALITY_TYPE, _OUTPUT_TYPE = "TYPE_FP32", "TYPE_INT32", "TYPE_FP32"
 
@@ -116,7 +115,6 @@ class TritonEmbedder(Embedder):
         info = self._info_from_config(config)
         super().__init__(info, Path(str(self.uri)))
         self.config = config
-        self.fixed_modality = info.raw.get(FIXED_MODALITY_KEY) or None
         self._check_io(config)
         self.max_batch = int(config.get("max_batch_size", 0)) or None
 
@@ -251,11 +249,6 @@ class TritonEmbedder(Embedder):
         return inputs, [m.InferRequestedOutput(c.output_name)]
 
     def _infer(self, images: np.ndarray, modality: np.ndarray) -> np.ndarray:
-        if self.fixed_modality is not None:
-            code = self.contract.modality_code(self.fixed_modality)
-            if np.any(modality != code):
-                raise ValueError(f"Triton model {self.uri.model!r} is fixed to {self.fixed_modality} crops; "
-                                 "embed the other modality with the two-input model")
         inputs, outputs = self._request(images, modality)
         deadline = time.monotonic() + self.retry_for
         delay = self.backoff_initial
