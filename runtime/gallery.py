@@ -24,7 +24,7 @@ from .contract import MODALITY_CODES, MODALITY_NAMES, package_version
 log = logging.getLogger(__name__)
 
 __all__ = ["Gallery", "GalleryError", "ModelMismatchError", "EnrollReport", "IMAGE_EXTENSIONS",
-           "REBUILD_HINT"]
+           "REBUILD_HINT", "plan_enrollment"]
 
 FORMAT = "admpff-gallery"
 FORMAT_VERSION = 1
@@ -49,14 +49,61 @@ class EnrollReport:
     people: int = 0
     images: int = 0                                 # embedded images
     skipped: list[str] = field(default_factory=list)  # unreadable image paths
+    replaced: list[str] = field(default_factory=list)  # people whose earlier rows were replaced
+    modalities: dict[str, int] = field(default_factory=dict)  # embedded images per modality
+    sources: dict[str, int] = field(default_factory=dict)     # where each modality came from: folder/flag/guess
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def skipped_count(self) -> int:
         return len(self.skipped)
 
+    def modality_line(self) -> str:
+        counts = ", ".join(f"{n} {m}" for m, n in sorted(self.modalities.items()))
+        said = {"folder": "from visible/ or infrared/ folders", "flag": "from --enroll-modality",
+                "guess": "guessed from colour"}
+        origin = ", ".join(f"{n} {said.get(k, k)}" for k, n in sorted(self.sources.items()))
+        return f"modality: {counts or 'none'} ({origin})" if origin else f"modality: {counts or 'none'}"
+
     def __str__(self) -> str:
         extra = f", skipped {self.skipped_count} unreadable" if self.skipped else ""
-        return f"enrolled {self.images} images of {self.people} people{extra}"
+        if self.replaced:
+            extra += f", replacing the earlier rows of {len(self.replaced)} already enrolled"
+        return f"enrolled {self.images} images of {self.people} people{extra}; {self.modality_line()}"
+
+
+def plan_enrollment(root: str | Path) -> tuple[list[tuple[str, list[tuple[Path, str | None]]]], list[str]]:
+    """What enrolling ``root`` would read, checked without a model: ``([(person, [(image, modality the
+    folder states or None)])], warnings)``.  Raises :class:`GalleryError` for a missing folder, one
+    without person sub-folders, one that looks like a single person's folder, or one without images."""
+    from .modality import folder_modality
+
+    root = Path(root)
+    if not root.is_dir():
+        raise GalleryError(f"enrollment folder not found: {root}")
+    person_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not person_dirs:
+        loose = sum(1 for f in root.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        raise GalleryError(f"{root} has no person folders: enrolment reads {root}/<person>/*.jpg, one folder "
+                           f"per person" + (f" ({loose} images lie directly in {root})" if loose else ""))
+    if all(folder_modality(p.name) for p in person_dirs):
+        raise GalleryError(f"{root} holds only modality folders ({', '.join(p.name + '/' for p in person_dirs)}), "
+                           f"so it looks like one person's folder: give the folder above it "
+                           f"(PEOPLE/<person>/[visible/|infrared/]*.jpg)")
+    plans, warnings = [], []
+    for person_dir in person_dirs:
+        items: list[tuple[Path, str | None]] = [(f, None) for f in sorted(person_dir.iterdir())
+                                               if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        for sub in sorted(p for p in person_dir.iterdir() if p.is_dir()):
+            said = folder_modality(sub.name)
+            if said is None:
+                warnings.append(f"{sub} is not a visible/ or infrared/ folder: its images are not enrolled")
+                continue
+            items += [(f, said) for f in sorted(sub.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+        plans.append((person_dir.name, items))
+    if not any(items for _, items in plans):
+        raise GalleryError(f"no images ({'/'.join(IMAGE_EXTENSIONS)}) in the person folders of {root}")
+    return plans, warnings
 
 
 def _short(h: str | None) -> str:
@@ -155,52 +202,131 @@ class Gallery:
         return np.asarray([c for name in self.persons for c in self._mods[name]], np.int8)
 
     # -- enrollment --------------------------------------------------------------------------------
-    def enroll_folder(self, root: str | Path, embedder, modality: str = "visible",
-                      batch_size: int = 32) -> EnrollReport:
+    def enroll_folder(self, root: str | Path, embedder, modality: str = "visible", batch_size: int = 32,
+                      replace: bool = True) -> EnrollReport:
         """Embed ``root/<person>/*.jpg`` (also .jpeg/.png/.bmp) and add them under the folder names.
 
-        ``modality`` is 'visible', 'infrared' or 'auto' (decided per image by its chroma).
-        Unreadable images are skipped and listed in the report.
+        A person folder may hold ``visible/`` and ``infrared/`` sub-folders (also ``rgb/``, ``ir/``,
+        ``thermal/``, ...): their images have that modality, whatever ``modality`` says.  Images lying
+        directly in a person folder get ``modality`` ('visible' or 'infrared'); with 'auto' their
+        modality is guessed per image from its colour (:func:`modality.crop_modality`), a last resort
+        that the report counts and warns about, since dull daylight crops look colourless.  With
+        'auto', images in a modality folder are also guessed, and a guess that contradicts the folder
+        is reported (the folder wins).
+
+        ``replace`` (default): a person already in the gallery gets the new rows *instead of* the old
+        ones, so enrolling the same folder twice leaves the gallery as after once; ``replace=False``
+        adds to them.  A folder without person sub-folders, or without any image, is a
+        :class:`GalleryError`.  Unreadable images are skipped and listed in the report.
         """
-        root = Path(root)
-        if not root.is_dir():
-            raise GalleryError(f"enrollment folder not found: {root}")
+        from .modality import crop_modality, normalize_setting
+
+        setting = normalize_setting(modality)
+        plans, warnings = plan_enrollment(root)
         model_hash = embedder.info.checkpoint_sha256
         if self.model_hash and model_hash != self.model_hash:
             raise ModelMismatchError(f"this gallery holds embeddings of model {_short(self.model_hash)}; "
                                      f"cannot add ones from model {_short(model_hash)}")
         if self.embedding_dim is not None and self.embedding_dim != embedder.contract.embedding_dim:
             raise GalleryError(f"gallery dimension {self.embedding_dim} != model dimension {embedder.contract.embedding_dim}")
+
+        report = EnrollReport(warnings=list(warnings))
         self.model_hash = model_hash
         self.embedding_dim = embedder.contract.embedding_dim
         self.precision = embedder.info.precision
-        from .modality import frame_modality, normalize_setting
-
-        setting = normalize_setting(modality)
-        report = EnrollReport()
-        for person_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            files = sorted(f for f in person_dir.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-            added = 0
-            for start in range(0, len(files), batch_size):
+        guessed: dict[str, int] = {}
+        contradicted: dict[str, list[int]] = {}   # folder modality -> [contradicting guesses, images]
+        for person, items in plans:
+            rows, row_mods = [], []
+            for start in range(0, len(items), batch_size):
                 crops, mods = [], []
-                for f in files[start:start + batch_size]:
+                for f, said in items[start:start + batch_size]:
                     img = cv2.imread(str(f), cv2.IMREAD_COLOR)
                     if img is None or img.size == 0:
                         report.skipped.append(str(f))
                         continue
+                    guess = crop_modality(img) if setting == "auto" else None
+                    if said is not None:
+                        mod, source = said, "folder"
+                        if guess is not None:
+                            tally = contradicted.setdefault(said, [0, 0])
+                            tally[0] += guess != said
+                            tally[1] += 1
+                    elif setting != "auto":
+                        mod, source = setting, "flag"
+                    else:
+                        mod, source = guess, "guess"
+                        guessed[mod] = guessed.get(mod, 0) + 1
+                    report.sources[source] = report.sources.get(source, 0) + 1
                     crops.append(img)
-                    mods.append(frame_modality(img) if setting == "auto" else setting)
-                if not crops:
-                    continue
-                emb = embedder.embed(crops, mods)
-                for row, mod in zip(emb, mods):
-                    added += self.add(person_dir.name, row, mod)
-            if added:
-                report.people += 1
-                report.images += added
+                    mods.append(mod)
+                if crops:
+                    emb = embedder.embed(crops, mods)
+                    keep = np.linalg.norm(emb, axis=1) > 1e-6  # empty crops give zero rows
+                    rows += list(emb[keep])
+                    row_mods += [m for m, k in zip(mods, keep) if k]
+            if not rows:
+                if items:
+                    report.warnings.append(f"no readable image of {person}: nothing enrolled for them")
+                continue
+            if replace and person in self:
+                self.remove(person)
+                report.replaced.append(person)
+            for mod in sorted(set(row_mods)):
+                n = self.add(person, np.stack([r for r, m in zip(rows, row_mods) if m == mod]), mod)
+                report.modalities[mod] = report.modalities.get(mod, 0) + n
+                report.images += n
+            report.people += 1
+        if guessed:
+            report.warnings.append(
+                f"the modality of {sum(guessed.values())} images was guessed from their colour "
+                f"({', '.join(f'{n} {m}' for m, n in sorted(guessed.items()))}): dull daylight crops can look "
+                f"infrared; put them in <person>/visible/ and <person>/infrared/ folders, or pass "
+                f"--enroll-modality visible|infrared")
+        for said, (bad, total) in sorted(contradicted.items()):
+            if bad:
+                report.warnings.append(f"{bad} of {total} images in {said}/ folders look "
+                                       f"{'visible' if said != 'visible' else 'infrared'} by colour; "
+                                       f"kept as {said}, as their folder says")
         if report.skipped:
-            log.warning("skipped %d unreadable images under %s", report.skipped_count, root)
+            report.warnings.append(f"skipped {report.skipped_count} unreadable images under {root}")
+        for line in report.warnings:
+            log.warning("%s", line)
         return report
+
+    # -- how well the model separates the enrolled people -------------------------------------------
+    def closest_pairs(self, top: int = 3, above: float | None = None) -> tuple[list[tuple[str, str, float]], int]:
+        """The ``top`` most similar pairs of people by the cosine of their mean embeddings, most similar
+        first, and how many pairs score ``>= above`` (0 when ``above`` is None)."""
+        names = self.persons
+        if len(names) < 2:
+            return [], 0
+        cents = np.stack([np.mean(self._rows[n], axis=0) for n in names]).astype(np.float32)
+        cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+        best: list[tuple[float, int, int]] = []
+        count = 0
+        for start in range(0, len(names), 1024):  # blocks: a gallery of many thousand people stays small in memory
+            block = cents[start:start + 1024] @ cents.T
+            rows, cols = np.nonzero(np.arange(len(names))[None, :] > (start + np.arange(len(block)))[:, None])
+            values = block[rows, cols]
+            if above is not None:
+                count += int((values >= above).sum())
+            pick = np.argsort(-values, kind="stable")[:top]
+            best += [(float(values[i]), start + int(rows[i]), int(cols[i])) for i in pick]
+        best.sort(key=lambda t: -t[0])
+        return [(names[i], names[j], v) for v, i, j in best[:top]], count
+
+    def separation_warning(self, threshold: float, top: int = 3) -> str | None:
+        """A one-line warning when some people's mean embeddings are as close as the match threshold
+        (the model cannot tell them apart: a query of one matches the other), naming the closest pairs."""
+        pairs, count = self.closest_pairs(top, above=threshold)
+        if not pairs or pairs[0][2] < threshold:
+            return None
+        total = len(self) * (len(self) - 1) // 2
+        named = ", ".join(f"{a}/{b} {v:.3f}" for a, b, v in pairs)
+        return (f"the model can hardly tell the gallery's people apart: {count} of {total} pairs of people have "
+                f"mean-embedding cosines at or above the match threshold {threshold:.2f} (closest: {named}); "
+                f"their matches are unreliable (a better-trained model, or more distinct crops, separates them)")
 
     # -- persistence -------------------------------------------------------------------------------
     def _header(self) -> dict:

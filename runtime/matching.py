@@ -206,13 +206,15 @@ class IdentityRegistry:
         self.stickiness = float(stickiness)
         self.matcher = Matcher(gallery, threshold, use_faiss=use_faiss) if gallery is not None and len(gallery) else None
         self.identities: dict[str, _Identity] = {}
+        # an online id never takes a gallery person's name (P0001 saved by an earlier --update-gallery)
+        self._reserved = set(gallery.persons) if gallery is not None else set()
         self._next = 1
         self.created = 0
 
     def _new_identity(self, known: bool, name: str | None = None) -> _Identity:
         if name is None:
             name = self.id_format.format(self._next)
-            while name in self.identities:
+            while name in self.identities or name in self._reserved:
                 self._next += 1
                 name = self.id_format.format(self._next)
             self._next += 1
