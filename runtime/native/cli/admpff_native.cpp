@@ -10,6 +10,7 @@
 #include <random>
 #include <sstream>
 
+#include <opencv2/core/utils/logger.hpp>
 #include <opencv2/imgcodecs.hpp>
 
 #include <nlohmann/json.hpp>
@@ -277,6 +278,8 @@ const char* kUsage =
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Problems are reported once, as one line; OpenCV's own warnings (imread of a missing file) would add more.
+  cv::utils::logging::setLogLevel(cv::utils::logging::LOG_LEVEL_ERROR);
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "-h" || args[0] == "--help") {
     (args.empty() ? std::cerr : std::cout) << kUsage;

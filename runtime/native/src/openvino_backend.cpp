@@ -3,6 +3,7 @@
 #include <cstring>
 #include <set>
 
+#include <openvino/frontend/manager.hpp>
 #include <openvino/openvino.hpp>
 
 #include "admpff/error.hpp"
@@ -43,7 +44,9 @@ class OpenVinoBackend final : public Backend {
   OpenVinoBackend(const std::string& path, const EmbedderOptions& options) : name_(base_name(path)) {
     std::shared_ptr<ov::Model> model;
     try {
-      model = core_.read_model(path);
+      model = read(path);
+    } catch (const Error&) {
+      throw;
     } catch (const std::exception& exc) {
       throw ModelLoadError("cannot load " + name_ + " with OpenVINO: " + first_line(exc.what()));
     }
@@ -129,6 +132,18 @@ class OpenVinoBackend final : public Backend {
   }
 
  private:
+  // An .onnx file goes to the ONNX frontend only: Core::read_model would offer a file that is not ONNX to every
+  // frontend in turn, and the TensorFlow one writes parse errors to stderr before the real message.
+  std::shared_ptr<ov::Model> read(const std::string& path) {
+    const std::string suffix = path.size() >= 5 ? path.substr(path.size() - 5) : "";
+    if (suffix != ".onnx" && suffix != ".ONNX") return core_.read_model(path);
+    ov::frontend::FrontEndManager manager;
+    const auto frontend = manager.load_by_framework("onnx");
+    if (!frontend || !frontend->supported(path))
+      throw ModelLoadError("cannot load " + name_ + " with OpenVINO: not an ONNX model (corrupt or truncated?)");
+    return frontend->convert(frontend->load(path));
+  }
+
   void check_io(const ov::Model& model) {
     const InputContract& c = info_.contract;
     std::set<std::string> inputs, outputs;
