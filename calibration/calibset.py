@@ -21,7 +21,8 @@ from admpff.runtime.atomic import atomic_open
 from admpff.runtime.contract import DEFAULT_CONTRACT, INFRARED, MODALITY_NAMES, VISIBLE, InputContract
 from admpff.runtime.preprocess import crops_to_batch
 
-from .sources import HOW_TO, CalibrationError, CalibrationSource, CropRef, as_sources
+from .cache_key import Note, key_digest, stale_reason
+from .sources import HOW_TO, MODALITY_RULE, CalibrationError, CalibrationSource, CropRef, as_sources, infer_modality
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,18 @@ def _contract_header(contract: InputContract) -> dict:
             "resize_interpolation": contract.resize_interpolation}
 
 
+def request_key(sources: Sequence[CalibrationSource], num_samples: int, seed: int,
+                contract: InputContract, balance: bool) -> dict:
+    """Everything that decides the tensors a build gives (see ``cache_key``); stored in the cache."""
+    return {"format": CACHE_FORMAT, "sources": sorted(s.fingerprint() for s in sources),
+            "num_samples": int(num_samples), "seed": int(seed), "balance": bool(balance),
+            "contract": _contract_header(contract), "modality_rule": MODALITY_RULE}
+
+
 def request_fingerprint(sources: Sequence[CalibrationSource], num_samples: int, seed: int,
                         contract: InputContract, balance: bool) -> str:
     """Identity of a build request: same fingerprint -> the cached set is what a rebuild would give."""
-    payload = {"format": CACHE_FORMAT, "sources": sorted(s.fingerprint() for s in sources),
-               "num_samples": int(num_samples), "seed": int(seed), "balance": bool(balance),
-               "contract": _contract_header(contract)}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return key_digest(request_key(sources, num_samples, seed, contract, balance))
 
 
 def _content_sha256(images: np.ndarray, modality: np.ndarray) -> str:
@@ -49,6 +55,11 @@ def _content_sha256(images: np.ndarray, modality: np.ndarray) -> str:
     digest.update(np.ascontiguousarray(images).tobytes())
     digest.update(np.ascontiguousarray(modality).tobytes())
     return digest.hexdigest()
+
+
+def content_sha256(calset: "CalibrationSet") -> str:
+    """Identity of a calibration set's tensors (pixels and modality codes)."""
+    return _content_sha256(calset.images, calset.modality)
 
 
 @dataclass
@@ -68,6 +79,9 @@ class CalibrationSet:
     seed: int = 0
     num_samples: int = 0          # what was asked for (len(self) may be smaller)
     fingerprint: str = ""         # request fingerprint (see ``request_fingerprint``)
+    request: dict = field(default_factory=dict)  # the request key itself, to say what changed
+    modality_from: dict = field(default_factory=dict)   # {"frame": 300, "colour": 12}: what labelled the crops
+    contradictions: dict = field(default_factory=dict)  # {"frame": 3}: crops whose colour says otherwise
 
     def __post_init__(self):
         self.images = np.asarray(self.images, dtype=np.float32)
@@ -91,12 +105,32 @@ class CalibrationSet:
         return (f"{len(self)} calibration crops ({counts}) at {self.images.shape[2]}x{self.images.shape[3]}"
                 f", {self.skipped} skipped, seed {self.seed}")
 
+    def modality_report(self) -> str:
+        """E.g. "modality from the frame (hysteresis) 300, a guess from the crop's colour 12"."""
+        names = {"flag": "the --calib-modality flag or a visible:/infrared: prefix", "folder": "visible/ infrared/ folders",
+                 "dataset": "the data set's cameras", "frame": "the frames (runtime rule, hysteresis)",
+                 "colour": "a guess from each crop's colour (no better source)"}
+        parts = [f"{names.get(k, k)}: {n}" for k, n in sorted(self.modality_from.items()) if n]
+        return "modality taken from " + ("; ".join(parts) if parts else "nowhere")
+
+    def modality_warnings(self) -> list[str]:
+        """One line per source kind whose crops' colour disagrees with the modality it gave them."""
+        out = []
+        for kind, n in sorted(self.contradictions.items()):
+            if n:
+                out.append(f"{n} of {self.modality_from.get(kind, n)} calibration crops labelled visible by their "
+                           f"{kind} are grey, as infrared crops are; kept visible (pass --calib-modality or an "
+                           f"infrared: prefix if that source is infrared)")
+        return out
+
     # -- cache ---------------------------------------------------------------------------------------
     def header(self) -> dict:
         return {"format": CACHE_FORMAT, "contract": _contract_header(self.contract), "sources": list(self.sources),
                 "seed": int(self.seed), "num_samples": int(self.num_samples), "fingerprint": self.fingerprint,
+                "request": dict(self.request),
                 "count": len(self), "counts": self.counts, "skipped": int(self.skipped),
                 "origins": list(self.origins),
+                "modality_from": dict(self.modality_from), "contradictions": dict(self.contradictions),
                 "content_sha256": _content_sha256(self.images, self.modality)}
 
     def save(self, path: "str | os.PathLike") -> Path:
@@ -155,7 +189,9 @@ class CalibrationSet:
         return cls(images=images, modality=modality, origins=list(header.get("origins", [])), contract=contract,
                    skipped=int(header.get("skipped", 0)), sources=list(header.get("sources", [])),
                    seed=int(header.get("seed", 0)), num_samples=int(header.get("num_samples", 0)),
-                   fingerprint=str(header.get("fingerprint", "")))
+                   fingerprint=str(header.get("fingerprint", "")), request=dict(header.get("request") or {}),
+                   modality_from=dict(header.get("modality_from") or {}),
+                   contradictions=dict(header.get("contradictions") or {}))
 
 
 # -- selection -------------------------------------------------------------------------------------------
@@ -187,6 +223,15 @@ class _Group:
         self.order = rng.permutation(len(refs))
         self.cursor = 0
         self.taken: list[tuple[CropRef, np.ndarray]] = []
+        self.contradicted = 0
+        self.contradiction_kinds: dict[str, int] = {}
+
+    def contradicted_by(self, ref: CropRef) -> None:
+        # Only the direction the colour rule can tell: a grey crop from a visible source.  A coloured
+        # crop from an infrared source is normal (IR illuminator casts, false-colour thermal).
+        if ref.modality != INFRARED:
+            self.contradicted += 1
+            self.contradiction_kinds[ref.modality_from] = self.contradiction_kinds.get(ref.modality_from, 0) + 1
 
     @property
     def left(self) -> int:
@@ -211,6 +256,8 @@ class _Group:
                 skipped += 1
                 log.warning("skipping calibration crop %s: %s", ref.origin, exc)
                 continue
+            if ref.modality_from != "colour" and infer_modality(crop) != ref.modality:
+                self.contradicted_by(ref)
             self.taken.append((ref, tensor))
             count -= 1
         return skipped
@@ -225,13 +272,15 @@ def _dedupe_sorted(refs: list[CropRef]) -> list[CropRef]:
 
 
 def build_calibration_set(sources, num_samples: int = 512, seed: int = 0,
-                          contract: InputContract = DEFAULT_CONTRACT, balance: bool = True) -> CalibrationSet:
+                          contract: InputContract = DEFAULT_CONTRACT, balance: bool = True,
+                          warn_short: bool = True) -> CalibrationSet:
     """Choose ``num_samples`` crops from ``sources`` and preprocess them for the exported graph.
 
     ``sources``: CalibrationSource objects or ``--calib-data`` spec strings (one or a list).
     Deterministic: candidates are sorted by origin, then sampled with ``numpy.random.default_rng(seed)``.
     With ``balance`` and both modalities present, half the samples are visible and half infrared (as close
-    as the data allows).  Raises CalibrationError when no usable crop is found.
+    as the data allows).  Raises CalibrationError when no usable crop is found.  ``warn_short=False``
+    leaves the "fewer crops than asked" report to a caller that knows what the user asked for.
     """
     if int(num_samples) < 1:
         raise CalibrationError(f"num_samples must be >= 1, not {num_samples}")
@@ -274,37 +323,64 @@ def build_calibration_set(sources, num_samples: int = 512, seed: int = 0,
     images = np.stack([chosen[i][1] for i in order]).astype(np.float32, copy=False)
     modality = np.array([chosen[i][0].modality for i in order], dtype=np.int32)
     origins = [chosen[i][0].origin for i in order]
+    request = request_key(source_list, num_samples, seed, contract, balance)
+    modality_from: dict[str, int] = {}
+    for ref, _tensor in chosen:
+        modality_from[ref.modality_from] = modality_from.get(ref.modality_from, 0) + 1
+    contradictions: dict[str, int] = {}
+    for group in groups.values():
+        for kind, n in group.contradiction_kinds.items():
+            contradictions[kind] = contradictions.get(kind, 0) + n
     calset = CalibrationSet(images=images, modality=modality, origins=origins, contract=contract, skipped=skipped,
                             sources=described, seed=int(seed), num_samples=int(num_samples),
-                            fingerprint=request_fingerprint(source_list, num_samples, seed, contract, balance))
-    if len(calset) < num_samples:
+                            fingerprint=key_digest(request), request=request, modality_from=modality_from,
+                            contradictions=contradictions)
+    for line in calset.modality_warnings():
+        log.warning("%s", line)
+    if warn_short and len(calset) < num_samples:
         log.warning("only %d calibration crops available (asked for %d)", len(calset), num_samples)
     log.info("%s", calset.summary())
     return calset
 
 
 def load_or_build(cache_path: "str | os.PathLike | None", sources, num_samples: int = 512, seed: int = 0,
-                  contract: InputContract = DEFAULT_CONTRACT, balance: bool = True) -> CalibrationSet:
+                  contract: InputContract = DEFAULT_CONTRACT, balance: bool = True, *, note: Note = None,
+                  warn_short: bool = True) -> CalibrationSet:
     """Reuse ``cache_path`` when it was built from the same request, otherwise build and (re)write it.
 
-    The request fingerprint covers the sources' content identities (file sizes and times, not pixels),
-    the seed, the sample count, balancing and the contract's input size and preprocessing.
+    The request key covers the sources' content identities (file sizes and times, not pixels), the
+    seed, the sample count, balancing, the contract's input size and preprocessing, and the rule that
+    labels each crop's modality.  A cache that differs in any of them (or is unreadable, or from an
+    older format) is rebuilt, and ``note`` (default: a log warning) gets one line saying why.
     """
+    say = note or log.warning
     source_list = as_sources(sources)
     if cache_path is None:
-        return build_calibration_set(source_list, num_samples, seed, contract, balance)
+        return build_calibration_set(source_list, num_samples, seed, contract, balance, warn_short=warn_short)
     cache_path = Path(cache_path)
-    fingerprint = request_fingerprint(source_list, num_samples, seed, contract, balance)
+    wanted = request_key(source_list, num_samples, seed, contract, balance)
     if cache_path.is_file():
-        try:
-            cached = CalibrationSet.load(cache_path, contract)
-        except CalibrationError as exc:
-            log.info("rebuilding calibration cache: %s", exc)
-        else:
-            if cached.fingerprint == fingerprint:
-                log.info("reusing calibration cache %s (%s)", cache_path, cached.summary())
-                return cached
-            log.info("calibration cache %s was built from other data or settings; rebuilding", cache_path)
-    calset = build_calibration_set(source_list, num_samples, seed, contract, balance)
+        cached, reason = _reusable(cache_path, wanted, contract)
+        if cached is not None:
+            say(f"reusing calibration cache {cache_path} (same data, seed, size and preprocessing)")
+            return cached
+        say(f"rebuilding calibration cache {cache_path}: {reason}")
+    calset = build_calibration_set(source_list, num_samples, seed, contract, balance, warn_short=warn_short)
     calset.save(cache_path)
     return calset
+
+
+def _reusable(path: Path, wanted: dict, contract: InputContract) -> "tuple[CalibrationSet | None, str | None]":
+    """(the cached set, None) when it answers this request, else (None, why not)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:  # the header only: the pixels stay on disk
+            header = json.loads(str(data["header"]))
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        return None, f"it is not a readable calibration cache ({exc})"
+    reason = stale_reason(header.get("request"), wanted)
+    if reason is not None:
+        return None, reason
+    try:  # same request: the content checksum and the contract checks still apply
+        return CalibrationSet.load(path, contract), None
+    except CalibrationError as exc:
+        return None, str(exc)

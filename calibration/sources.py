@@ -46,12 +46,22 @@ TEST_SPLIT_NAMES = {"test", "query", "gallery", "bounding_box_test", "test_set",
 # Split list files of evaluation data: RegDB's idx/test_{visible,thermal}_N.txt, SYSU-MM01's exp/test_id.txt.
 _TEST_LIST_FILE = re.compile(r"^test_(visible|thermal|infrared)_\d+\.txt$|^test_id\.txt$")
 
-# Mean per-pixel channel spread (max(B,G,R) - min(B,G,R), 0..255) below which a crop counts as infrared.
-# Infrared frames are stored as 3 equal channels (spread 0, a few levels after JPEG); the colour clip
-# shared/data/vtest.avi, a fairly desaturated scene, measures about 43.
-INFRARED_CHROMA_THRESHOLD = 6.0
+# Mean per-pixel channel spread (max(B,G,R) - min(B,G,R), 0..255) below which a crop *with no other
+# source of its modality* is guessed infrared: only (nearly) grey crops.  Infrared crops are stored as 3
+# equal channels (spread 0.0, also after JPEG); 252 HOG crops of the colour clip shared/data/vtest.avi
+# measure 3.9 at the least (5th percentile 4.9, median 13.8).  The runtime's frame rule (Lab spread
+# around the mean, made for whole frames with an IR illuminator's colour cast) labelled 64 of those
+# 252 crops infrared, since a crop is often one colour (blue jeans, a grey coat): it is not used on crops.
+INFRARED_CHROMA_THRESHOLD = 2.0
+
+# Where a crop's modality came from, most trustworthy first ("colour" is the per-crop last resort).
+MODALITY_FROM = ("flag", "folder", "dataset", "frame", "colour")
 
 HOW_TO = "give --calib-data a folder of person crops, a video, or sysu:/regdb: training data"
+
+#: Version of the rule that labels a crop's modality; part of every calibration cache key, so a cache
+#: labelled by an older rule is rebuilt instead of reused.
+MODALITY_RULE = "source-first/2"
 
 
 class CalibrationError(ValueError):
@@ -66,11 +76,16 @@ class CropSample(NamedTuple):
 
 @dataclass(frozen=True)
 class CropRef:
-    """A candidate crop that is not necessarily decoded yet.  ``load()`` returns None when unreadable."""
+    """A candidate crop that is not necessarily decoded yet.  ``load()`` returns None when unreadable.
+
+    ``modality_from`` says what decided ``modality`` (one of ``MODALITY_FROM``): an explicit flag, the
+    folder layout, the data set's camera, the frame the crop was cut from, or the crop's own colour.
+    """
 
     origin: str
     modality: int
     load: Callable[[], "np.ndarray | None"]
+    modality_from: str = "colour"
 
 
 # -- modality from pixels --------------------------------------------------------------------------------
@@ -87,39 +102,14 @@ def crop_chroma(image_bgr: np.ndarray) -> float:
     return float((wide.max(axis=2) - wide.min(axis=2)).mean())
 
 
-def _local_modality(image_bgr: np.ndarray) -> int:
-    return INFRARED if crop_chroma(image_bgr) < INFRARED_CHROMA_THRESHOLD else VISIBLE
-
-
-_runtime_frame_modality: "Callable | None | bool" = False  # False: not looked up yet
-
-
 def infer_modality(image_bgr: np.ndarray) -> int:
-    """Visible or infrared from the pixels.
+    """Last-resort guess of one crop's modality from its own pixels: infrared only when (nearly) grey.
 
-    Uses the runtime's ``admpff.runtime.modality.frame_modality`` when that module exists (one rule for
-    cameras and calibration), otherwise the local chroma rule above.  The runtime function may return a
-    code or a name; anything else falls back to the local rule.
+    Used only when nothing better knows the modality (no flag, no ``visible/``/``infrared/`` folder, no
+    frame, no data set camera), and to count crops whose colour contradicts their source.  A colour
+    crop can be nearly one colour (a blue coat), so the bar is "no colour at all", not "little colour".
     """
-    global _runtime_frame_modality
-    if _runtime_frame_modality is False:
-        try:
-            _runtime_frame_modality = importlib.import_module("admpff.runtime.modality").frame_modality
-        except (ImportError, AttributeError):
-            _runtime_frame_modality = None
-    if _runtime_frame_modality is not None:
-        try:
-            result = _runtime_frame_modality(image_bgr)
-            if isinstance(result, str):
-                key = result.lower()
-                key = {"ir": "infrared", "thermal": "infrared", "rgb": "visible"}.get(key, key)
-                if key in ("visible", "infrared"):
-                    return VISIBLE if key == "visible" else INFRARED
-            elif isinstance(result, (int, np.integer)) and int(result) in (VISIBLE, INFRARED):
-                return int(result)
-        except Exception as exc:  # a runtime helper with another signature must not break calibration
-            log.debug("admpff.runtime.modality.frame_modality failed (%s); using the chroma rule", exc)
-    return _local_modality(image_bgr)
+    return INFRARED if crop_chroma(image_bgr) < INFRARED_CHROMA_THRESHOLD else VISIBLE
 
 
 def _modality_arg(modality: "str | int") -> "int | None":
@@ -261,16 +251,18 @@ class FolderSource(CalibrationSource):
         files = self.files()
         for file in tqdm(files, desc=f"scan {self.path.name}", unit="img", disable=self._bar_disabled(len(files))):
             origin = str(file)
-            modality = self.modality if self.modality is not None else self._folder_modality(file)
+            modality, decided_by = self.modality, "flag"
             if modality is None:
-                # 'auto': one reduced decode to read the chroma (and to find unreadable files early).
+                modality, decided_by = self._folder_modality(file), "folder"
+            if modality is None:
+                # Last resort: one reduced decode to read the crop's colour (and find unreadable files early).
                 image = _read_image(origin, cv2.IMREAD_REDUCED_COLOR_2)
                 if image is None:
                     self.skipped += 1
                     log.warning("skipping unreadable image %s", file)
                     continue
-                modality = infer_modality(image)
-            refs.append(CropRef(origin, modality, lambda p=origin: _read_image(p)))
+                modality, decided_by = infer_modality(image), "colour"
+            refs.append(CropRef(origin, modality, lambda p=origin: _read_image(p), decided_by))
         return refs
 
     def _bar_disabled(self, n: int) -> "bool | None":
@@ -369,6 +361,10 @@ class VideoSource(CalibrationSource):
         total = min(limits) if limits else None  # for the progress bar only
         refs: list[CropRef] = []
         min_h, min_w = self.min_box
+        switch = None
+        if self.modality is None:
+            from admpff.runtime.modality import ModalitySwitch
+            switch = ModalitySwitch()
         try:
             with tqdm(total=total, desc=f"detect {Path(str(self.uri)).name}", unit="frame",
                       disable=None if self.progress is None else not self.progress) as bar:
@@ -380,11 +376,17 @@ class VideoSource(CalibrationSource):
                     index += 1
                     self.frames_read += 1
                     bar.update(1)
+                    if switch is not None:
+                        # The runtime's own per-frame decision with hysteresis, fed every frame read (not
+                        # only detector frames), as admpff-reid does: one camera is one modality at a time.
+                        camera_modality = switch.update(frame)
                     if index % self.every_n_frames:
                         continue
                     self.frames_detected += 1
-                    # The frame decides the modality (more pixels than a crop, and one camera is one modality).
-                    modality = self.modality if self.modality is not None else infer_modality(frame)
+                    if switch is None:
+                        modality, decided_by = self.modality, "flag"
+                    else:
+                        modality, decided_by = (INFRARED if camera_modality == "infrared" else VISIBLE), "frame"
                     boxes, _scores = detect(frame, index)
                     height, width = frame.shape[:2]
                     for j, box in enumerate(np.asarray(boxes, dtype=np.float32).reshape(-1, 4)):
@@ -396,7 +398,7 @@ class VideoSource(CalibrationSource):
                             continue
                         crop = frame[y1:y2, x1:x2].copy()  # copy: do not keep the whole frame alive
                         origin = f"video:{self.uri}#frame{index:07d}/box{j:03d}"
-                        refs.append(CropRef(origin, modality, lambda c=crop: c))
+                        refs.append(CropRef(origin, modality, lambda c=crop: c, decided_by))
         finally:
             cap.release()
         log.info("%s: %d frames read, %d run through the detector, %d crops, %d boxes too small",
@@ -469,7 +471,7 @@ class DatasetTrainSource(CalibrationSource):
         for entries, modality in ((reader.train_visible, VISIBLE), (reader.train_infrared, INFRARED)):
             for entry in entries:
                 path = str(entry[0])
-                refs.append(CropRef(f"{self.kind}:{path}", modality, lambda p=path: _read_image(p)))
+                refs.append(CropRef(f"{self.kind}:{path}", modality, lambda p=path: _read_image(p), "dataset"))
         return refs
 
     def describe(self) -> str:
@@ -482,13 +484,14 @@ _SPEC_PREFIX = re.compile(r"^([A-Za-z][\w.-]*):(?!//)(.*)$")
 _MODALITY_PREFIXES = {"visible", "rgb", "infrared", "ir", "thermal"}
 
 
-def parse_calib_spec(spec: "str | os.PathLike", **video_options) -> CalibrationSource:
+def parse_calib_spec(spec: "str | os.PathLike", modality: str = "auto", **video_options) -> CalibrationSource:
     """A ``--calib-data`` value -> a source.
 
     * ``DIR`` -> FolderSource; ``VIDEO_FILE``, ``rtsp://...``, ``http(s)://...`` or a camera index -> VideoSource
       (``video_options`` go to it: every_n_frames, max_frames, detector, min_box);
     * ``sysu:ROOT``, ``regdb:ROOT`` or ``regdb:ROOT:TRIAL`` -> DatasetTrainSource (training split only);
     * ``visible:PATH`` / ``infrared:PATH`` (also ``ir:``, ``thermal:``) force the modality of a folder or video;
+      ``modality`` ('auto', 'visible' or 'infrared': ``--calib-modality``) does so for specs without a prefix;
     * ``sysu-test:...``, ``regdb-query:...`` and the like are refused (test data).
     """
     text = os.fspath(spec).strip() if not isinstance(spec, str) else spec.strip()
@@ -516,7 +519,8 @@ def parse_calib_spec(spec: "str | os.PathLike", **video_options) -> CalibrationS
             return _path_source(rest, modality=prefix, video_options=video_options, spec=text)
         if not Path(text).exists():
             raise CalibrationError(f"unknown calibration data scheme {match.group(1)!r} in {text!r}; {HOW_TO}")
-    return _path_source(text, modality="auto", video_options=video_options, spec=text)
+    _modality_arg(modality)  # an unknown setting fails here, naming it
+    return _path_source(text, modality=modality, video_options=video_options, spec=text)
 
 
 def _path_source(text: str, modality: str, video_options: dict, spec: str) -> CalibrationSource:
@@ -534,11 +538,13 @@ def _path_source(text: str, modality: str, video_options: dict, spec: str) -> Ca
     raise CalibrationError(f"{spec!r} is neither a folder nor a video ({', '.join(VIDEO_EXTENSIONS[:4])}, ...); {HOW_TO}")
 
 
-def as_sources(sources: "CalibrationSource | str | os.PathLike | Sequence") -> list[CalibrationSource]:
-    """Accept one source, one spec string, or a list of either."""
+def as_sources(sources: "CalibrationSource | str | os.PathLike | Sequence",
+               modality: str = "auto") -> list[CalibrationSource]:
+    """Accept one source, one spec string, or a list of either; ``modality`` applies to specs without a
+    ``visible:``/``infrared:`` prefix."""
     if isinstance(sources, (CalibrationSource, str, os.PathLike)):
         sources = [sources]
     out = []
     for source in sources:
-        out.append(source if isinstance(source, CalibrationSource) else parse_calib_spec(source))
+        out.append(source if isinstance(source, CalibrationSource) else parse_calib_spec(source, modality=modality))
     return out

@@ -18,14 +18,17 @@ import time
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "int8", "cpu-int8")
+#: File stem of every export (the README's models/admpff.onnx, admpff.int8.onnx, ...).
+DEFAULT_NAME = "admpff"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="admpff-export", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    from admpff.runtime.cli_support import make_parser
+
+    ap = make_parser("admpff-export", description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     ap.add_argument("checkpoint", help="checkpoint written by admpff-train (last.pt / best.pt)")
     ap.add_argument("--out", required=True, help="output folder")
-    ap.add_argument("--name", default=None, help="file stem (default: admpff-<backbone>-<H>x<W>)")
+    ap.add_argument("--name", default=DEFAULT_NAME, help="file stem of every file written")
     ap.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx (strongly typed TensorRT 10/11)")
     ap.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx: Q/DQ for TensorRT 8.5-11")
     ap.add_argument("--cpu-int8", action="store_true", help="also write <name>.cpu-int8.onnx: ONNX Runtime CPU, not TensorRT")
@@ -38,7 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--calib-samples", type=int, default=512, help="crops used for calibration (default 512)")
     cal.add_argument("--calib-method", default="percentile",
                      help="percentile (default: the best cosine to FP32 in our measurements), entropy or max")
-    cal.add_argument("--calib-seed", type=int, default=0)
+    cal.add_argument("--calib-seed", type=int, default=0, help="seed of the crop selection")
+    cal.add_argument("--calib-modality", default="auto", choices=("auto", "visible", "infrared"),
+                     help="modality of every --calib-data source without a visible:/infrared: prefix; auto = "
+                          "visible/ infrared/ sub-folders, a video's frames (the runtime's rule with "
+                          "hysteresis), a data set's cameras, and only then each crop's own colour")
     cal.add_argument("--calib-cache", default=None, help="npz of calibration tensors, reused when it matches "
                                                           "(default: DIR/<name>.calib.npz)")
     cal.add_argument("--quantizer", default="ort", choices=("ort", "modelopt"),
@@ -123,14 +130,14 @@ def run(args) -> int:
         raise CalibrationError("INT8 needs calibration data and never calibrates on random numbers: pass "
                                "--calib-data with a folder of person crops, a video (crops come from the person "
                                "detector), or sysu:ROOT / regdb:ROOT training data")
-    out = Path(args.out)
+    out = _check_arguments(args)
     verify_on = not args.no_verify
     stages = Stages(1 + len(precisions) + (1 if needs_calib or verify_on else 0) + (1 if verify_on else 0)
                     + (1 if args.engine else 0), args.quiet)
 
     model, config, ckpt_sha = stages.run(f"loading {args.checkpoint}", model_from_checkpoint, args.checkpoint)
     contract = model.contract()
-    name = args.name or f"admpff-{config.backbone}-{config.height}x{config.width}"
+    name = args.name or DEFAULT_NAME
     # Calibration problems (no data, an empty folder) surface before any file is written.
     crops = None
     if needs_calib or verify_on:
@@ -140,16 +147,17 @@ def run(args) -> int:
         else:
             n_verify = args.verify_samples if verify_on else 0
             cache = Path(args.calib_cache) if args.calib_cache else out / f"{name}.calib.npz"
+            from admpff.calibration.sources import as_sources
             crops = stages.run(f"collecting {args.calib_samples} calibration + {n_verify} verification crops",
-                               load_or_build, cache, sources, num_samples=args.calib_samples + n_verify,
-                               seed=args.calib_seed, contract=contract)
-            if not args.quiet:
-                print(f"      {crops.summary()}")
+                               load_or_build, cache, as_sources(sources, modality=args.calib_modality),
+                               num_samples=args.calib_samples + n_verify, seed=args.calib_seed, contract=contract,
+                               note=_say(args), warn_short=False)
     calib = verify_crops = None
     if crops is not None:
         n_cal = max(1, len(crops) - (args.verify_samples if verify_on else 0))
         calib = _subset(crops, 0, n_cal)
         verify_crops = _subset(crops, n_cal, len(crops)) if len(crops) > n_cal else _subset(crops, 0, len(crops))
+        _report_crops(args, crops, calib, verify_crops if len(crops) > n_cal else None)
 
     files: dict[str, Path] = {}
     files["fp32"] = stages.run(f"exporting FP32 ONNX (opset {args.opset}, onnxslim {'off' if args.no_simplify else 'on'})",
@@ -162,14 +170,14 @@ def run(args) -> int:
         r = stages.run(f"INT8 Q/DQ for TensorRT ({args.quantizer}, {args.calib_method}, {len(calib)} crops)",
                        quantize_tensorrt_qdq, files["fp32"], out / f"{name}.int8.onnx", calib,
                        method=args.calib_method, quantizer=args.quantizer, extra_exclude=args.keep_float,
-                       ranges_cache=out / f"{name}.int8.ranges.json", opset=args.opset)
+                       ranges_cache=out / f"{name}.int8.ranges.json", opset=args.opset, note=_say(args), quiet=args.quiet)
         files["int8-qdq"] = r.path
         _check_qdq(r.path, args.opset)
     if "cpu-int8" in precisions:
         r = stages.run(f"CPU-INT8 (ONNX Runtime QOperator U8S8, {args.calib_method})", quantize_cpu_int8,
                        files["fp32"], out / f"{name}.cpu-int8.onnx", calib, method=args.calib_method,
                        extra_exclude=args.keep_float, ranges_cache=out / f"{name}.cpu-int8.ranges.json",
-                       cpu_kernel=args.cpu_int8_kernel)
+                       cpu_kernel=args.cpu_int8_kernel, note=_say(args), quiet=args.quiet)
         files["int8-cpu"] = r.path
 
     reports = []
@@ -223,7 +231,8 @@ def _keep_sensitive_layers_float(stages, args, files, calib, verify_crops, retri
     stages.total += 1 + len(failed)
     qdq = files.get("int8-qdq")
     if qdq is None:  # only CPU-INT8 was asked for: a temporary Q/DQ file gives the ranking
-        qdq = quantize_tensorrt_qdq(files["fp32"], out / f"{name}.probe.int8.onnx", calib, method=args.calib_method).path
+        qdq = quantize_tensorrt_qdq(files["fp32"], out / f"{name}.probe.int8.onnx", calib, method=args.calib_method,
+                                    quiet=args.quiet).path
     ranking = stages.run(f"INT8 missed its bar: per-layer sensitivity on {len(probe)} crops", conv_sensitivity,
                          files["fp32"], qdq, probe.images, probe.modality)
     if qdq != files.get("int8-qdq"):
@@ -237,7 +246,7 @@ def _keep_sensitive_layers_float(stages, args, files, calib, verify_crops, retri
         tag = "int8" if precision == "int8-qdq" else "cpu-int8"
         retry = out / f"{name}.{tag}.retry.onnx"
         stages.run(f"re-quantizing {precision} with {len(keep)} layers kept in float", quantize, files["fp32"], retry,
-                   calib, method=args.calib_method, extra_exclude=args.keep_float + keep, **extra)
+                   calib, method=args.calib_method, extra_exclude=args.keep_float + keep, quiet=args.quiet, **extra)
         if precision == "int8-qdq":
             _check_qdq(retry, args.opset)
         again = verify(files["fp32"], {precision: retry}, verify_crops.images, verify_crops.modality,
@@ -254,6 +263,44 @@ def _keep_sensitive_layers_float(stages, args, files, calib, verify_crops, retri
             retry.unlink()
             print(f"      {precision}: keeping layers in float did not help; the first file stays")
     return reports, {"ranked": [e.to_dict() for e in ranking[:20]], "kept_float": kept, "probe_crops": len(probe)}
+
+
+def _say(args):
+    """Where one-line notes go (reused or rebuilt caches, crop counts): stdout, silent with -q."""
+    return (lambda line: None) if args.quiet else (lambda line: print(f"      {line}", flush=True))
+
+
+def _report_crops(args, crops, calib, verify_crops) -> None:
+    """One set of numbers for the crops: what was found, what calibrates, what verifies, and why."""
+    counts = ", ".join(f"{n} {m}" for m, n in calib.counts.items())
+    held = f", {len(verify_crops)} held back to verify" if verify_crops is not None else ""
+    _say(args)(f"{len(crops)} crops: {len(calib)} to calibrate on ({counts}){held}; {crops.skipped} unreadable skipped")
+    _say(args)(crops.modality_report())
+    if len(calib) < args.calib_samples:
+        print(f"WARNING: --calib-data holds {len(crops)} usable crops, so INT8 calibrates on {len(calib)} "
+              f"instead of --calib-samples {args.calib_samples}" + (f" ({len(verify_crops)} are held back for "
+              f"--verify-samples)" if verify_crops is not None else ""), flush=True)
+    for line in crops.modality_warnings():
+        print(f"WARNING: {line}", flush=True)
+
+
+def _check_arguments(args) -> Path:
+    """Every flag that can be wrong, and the output folder, checked before minutes of work start."""
+    from admpff.runtime.cli_support import CommandError, check_output_file, prepare_output_dir
+
+    for flag, value, low in (("--calib-samples", args.calib_samples, 1), ("--verify-samples", args.verify_samples, 0),
+                             ("--auto-float", args.auto_float, 0), ("--verify-max-queries", args.verify_max_queries, 1)):
+        if value < low:
+            raise CommandError(f"{flag} must be >= {low}, not {value}")
+    if not 13 <= args.opset <= 21:
+        raise CommandError(f"--opset {args.opset}: Q/DQ with per-channel weights needs >= 13 and TensorRT 8.5 "
+                           "parses <= 17 (the default); choose 13..21")
+    if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
+        raise CommandError(f"--name {args.name!r} must be a plain file stem (no folders)")
+    out = prepare_output_dir(args.out, "--out")
+    if args.calib_cache:
+        check_output_file(args.calib_cache, "--calib-cache")
+    return out
 
 
 def _subset(calset, start: int, stop: int):
@@ -291,11 +338,19 @@ def _summary(files: dict, reports: list, engines: dict) -> None:
 
 
 def main(argv=None) -> int:
+    from admpff.runtime.cli_support import USAGE_ERROR, CommandError
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # -q: ONNX Runtime's quantizer warns on the root logger about things the export already handles.
+    logging.basicConfig(level=logging.ERROR if args.quiet else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
     try:
+        _check_arguments(args)  # before the heavy imports: a wrong --out costs no torch import
         return run(args)
+    except CommandError as exc:
+        print(f"admpff-export: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     except KeyboardInterrupt:
         print("admpff-export: interrupted; finished files are complete, nothing half-written was kept", file=sys.stderr)
         return 130
@@ -303,7 +358,7 @@ def main(argv=None) -> int:
         known = _known_errors()
         if isinstance(exc, known):
             print(f"admpff-export: error: {exc}", file=sys.stderr)
-            return 2
+            return USAGE_ERROR
         raise
 
 

@@ -452,15 +452,12 @@ def build_engine_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.Path
 # ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block
-        self.exit(1, f"admpff-build-engine: {message} (see --help)\n")
-
-
 def make_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="admpff-build-engine",
-                description="Build a TensorRT engine from an admpff ONNX on the device that will run it, "
-                            "and write ENGINE.json next to it (what it was built for; the runtime checks it).")
+    from admpff.runtime.cli_support import make_parser as _make_parser
+
+    p = _make_parser("admpff-build-engine",
+                     description="Build a TensorRT engine from an admpff ONNX on the device that will run it, "
+                                 "and write ENGINE.json next to it (what it was built for; the runtime checks it).")
     p.add_argument("onnx", help="the exported ONNX (model.onnx, model.fp16.onnx or model.int8.onnx)")
     p.add_argument("--out", required=True, help="engine file to write (e.g. model.engine)")
     p.add_argument("--batch", default=None,
@@ -468,35 +465,49 @@ def make_parser() -> argparse.ArgumentParser:
                         "one number = static batch (needed for DLA; default there "
                         f"{DEFAULT_DLA_BATCH[0]})")
     p.add_argument("--workspace", type=float, default=DEFAULT_WORKSPACE_GB, metavar="GB",
-                   help=f"builder workspace memory pool limit in GiB (default {DEFAULT_WORKSPACE_GB:g})")
+                   help="builder workspace memory pool limit in GiB")
     p.add_argument("--dla", type=int, default=None, metavar="N", help="build for DLA core N (Jetson Orin/Xavier)")
     p.add_argument("--timing-cache", default=None, metavar="FILE",
-                   help="load/save the builder timing cache here (speeds up rebuilds on the same device)")
+                   help="load/save the builder timing cache here (speeds up rebuilds on the same device; "
+                        "a cache from another GPU or TensorRT is replaced by a fresh one)")
     p.add_argument("--precision", default="auto", choices=REQUESTS,
                    help="auto = what the ONNX file is; fp16 on an FP32 file uses the FP16 flag (TensorRT 8.5-10)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device index")
     p.add_argument("--verbose", action="store_true", help="TensorRT verbose log")
+
+    def one_line_error(message):  # usage mistakes: one line and the usage exit code, like every other error
+        from admpff.runtime.cli_support import USAGE_ERROR
+        p.exit(USAGE_ERROR, f"admpff-build-engine: error: {message} (see --help)\n")
+
+    p.error = one_line_error
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from admpff.runtime.cli_support import USAGE_ERROR, CommandError, check_output_file
+
     args = make_parser().parse_args(argv)
     try:
+        # Output paths first: a folder given as --out must not cost a parse and a multi-minute build.
+        check_output_file(args.out, "--out")
+        if args.timing_cache is not None:
+            check_output_file(args.timing_cache, "--timing-cache")
+        if args.workspace is not None and args.workspace <= 0:
+            raise CommandError(f"--workspace {args.workspace:g}: give a positive size in GiB")
+        if args.device < 0:
+            raise CommandError(f"--device {args.device}: give a CUDA device index (0, 1, ...)")
         build_engine_from_onnx(args.onnx, args.out, batch=args.batch, precision=args.precision, dla=args.dla,
                                workspace_gb=args.workspace, timing_cache=args.timing_cache,
                                device=args.device, verbose=args.verbose)
     except TensorRTUnavailable as exc:
         print(str(exc), file=sys.stderr)
-        return 2
-    except EngineBuildError as exc:
-        print(f"admpff-build-engine: {exc}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
+    except (CommandError, EngineBuildError, OSError) as exc:
+        print(f"admpff-build-engine: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
     except KeyboardInterrupt:
         print("admpff-build-engine: interrupted (no engine written)", file=sys.stderr)
         return 130
-    except OSError as exc:
-        print(f"admpff-build-engine: {exc}", file=sys.stderr)
-        return 1
     return 0
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import json
 import logging
 import tempfile
 import time
@@ -25,9 +27,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from admpff.calibration.calibset import CalibrationSet
+from admpff.calibration.cache_key import Note, stale_reason
+from admpff.calibration.calibset import CalibrationSet, content_sha256
 from admpff.calibration.reader import CalibrationDataReader, ort_calibrate_method, normalize_calibration_method
+from admpff.runtime.atomic import write_json
 from admpff.runtime.contract import ModelInfo, build_metadata
+from admpff.runtime.engine_sidecar import sha256_file
 
 from .checkpoint_io import ExportError
 from .cpu_kernels import resolve_cpu_kernel, steer_convs_to_qgemm
@@ -37,6 +42,7 @@ from .onnx_export import read_metadata, save_onnx_atomic, set_metadata
 log = logging.getLogger(__name__)
 
 QUANTIZERS = ("ort", "modelopt")
+RANGES_FORMAT = "admpff.int8-ranges/1"
 
 
 @dataclass
@@ -99,8 +105,40 @@ def _check_calibration(calset: CalibrationSet | None, info: ModelInfo) -> None:
         raise ExportError(f"calibration tensors are {calset.images.shape[1:]}, the model takes (3, {c.height}, {c.width})")
 
 
+def _ranges_key(fp32_path: Path, info: ModelInfo, calset: CalibrationSet, method: str, quant_format: str,
+                options: dict, exclude: list[str], batch_size: int) -> dict:
+    """Everything that decides the activation ranges ONNX Runtime computes (see ``cache_key``)."""
+    import onnxruntime
+
+    return {"format": RANGES_FORMAT, "model_sha256": sha256_file(fp32_path),
+            "checkpoint_sha256": info.checkpoint_sha256, "calibration_sha256": content_sha256(calset),
+            "calibration_count": len(calset), "method": method, "quantizer": "ort", "quant_format": quant_format,
+            "options": options, "excluded_nodes": sorted(exclude), "batch_size": int(batch_size),
+            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def _reuse_ranges(ranges_cache: Path, key: dict, ort_cache: Path, note) -> None:
+    """Hand ORT the cached ranges (as its own JSON, in the work folder) only when ``key`` matches."""
+    if not ranges_cache.is_file():
+        return
+    try:
+        stored = json.loads(ranges_cache.read_text())
+        reason = stale_reason(stored.get("key"), key) if isinstance(stored, dict) else "not a ranges cache"
+    except (OSError, ValueError) as exc:
+        stored, reason = None, f"unreadable ({exc})"
+    if reason is None and isinstance(stored.get("ort_cache"), dict):
+        ort_cache.write_text(json.dumps(stored["ort_cache"]))
+        note(f"reusing INT8 ranges {ranges_cache.name} (same model, calibration crops and settings)")
+    else:
+        note(f"recomputing INT8 ranges {ranges_cache.name}: {reason or 'it holds no ranges'}")
+
+
 def _ort_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, method: str, *, qdq: bool,
-                  exclude: list[str], ranges_cache: Path | None, batch_size: int, stride_batches: int) -> None:
+                  exclude: list[str], ranges_cache: Path | None, batch_size: int, stride_batches: int,
+                  source: Path | None = None, info: ModelInfo | None = None, note: Note = None,
+                  quiet: bool = False) -> None:
+    """``fp32_path``: the prepared graph in the work folder; ``source``/``info``: the exported FP32 file it
+    came from, whose hash keys the ranges cache."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     reader = _StridedReader(calset, batch_size=batch_size)
@@ -111,18 +149,40 @@ def _ort_quantize(fp32_path: Path, out_path: Path, calset: CalibrationSet, metho
     if qdq:
         extra.update({"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                       "DedicatedQDQPair": False})
-    cache_kw = {}
+    op_types = ["Conv", "Add", "MaxPool"] if qdq else ["Conv", "Add", "Relu"]
+    activation = QuantType.QInt8 if qdq else QuantType.QUInt8
+    cache_kw, ort_cache, key = {}, None, None
     if ranges_cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
-        ranges_cache.parent.mkdir(parents=True, exist_ok=True)  # ORT >= 1.25 reuses computed ranges
-        cache_kw["calibration_cache_path"] = str(ranges_cache)
+        # ORT >= 1.25 reuses computed ranges, but keys its cache on the method alone (and dies on another
+        # one); it gets a private copy in the work folder, and our file records what produced it.
+        key = _ranges_key(source or fp32_path, info or _fp32_source(source or fp32_path)[1], calset, method,
+                          "qdq" if qdq else "qoperator",
+                          dict(extra, op_types=op_types, activation=str(activation), per_channel=True),
+                          exclude, batch_size)
+        ort_cache = fp32_path.parent / "ort-ranges.json"
+        _reuse_ranges(ranges_cache, key, ort_cache, note or log.warning)
+        cache_kw["calibration_cache_path"] = str(ort_cache)
+    # ONNX Runtime prints its calibration progress ("Collecting tensor data ...") with print().
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        _quantize_static(quantize_static, fp32_path, out_path, reader, qdq, op_types, activation, exclude, method,
+                         extra, cache_kw)
+    if ort_cache is not None and ort_cache.is_file():
+        write_json(ranges_cache, {"format": RANGES_FORMAT, "key": key,
+                                  "ort_cache": json.loads(ort_cache.read_text())})
+
+
+def _quantize_static(quantize_static, fp32_path, out_path, reader, qdq, op_types, activation, exclude, method,
+                     extra, cache_kw) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType
+
     quantize_static(
         str(fp32_path), str(out_path), reader,
         quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
         # QOperator: the stem MaxPool feeds the modality Where, which has no quantized kernel, and ORT
         # then loses the MaxPool's float output; Conv/Add/Relu carry the speed-up anyway.
-        op_types_to_quantize=["Conv", "Add", "MaxPool"] if qdq else ["Conv", "Add", "Relu"],
+        op_types_to_quantize=op_types,
         per_channel=True,
-        activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
+        activation_type=activation,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclude,
         calibrate_method=ort_calibrate_method(method),
@@ -194,7 +254,9 @@ def _finish(out_tmp: Path, out_path: Path, info: ModelInfo, precision: str, trt_
 def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
                           method: str = "percentile", quantizer: str = "ort", extra_exclude: list[str] | None = None,
                           ranges_cache: str | Path | None = None, batch_size: int = 8, stride_batches: int = 4,
-                          opset: int = 17) -> QuantizeResult:
+                          opset: int = 17, note: Note = None, quiet: bool = False) -> QuantizeResult:
+    """``ranges_cache``: where computed activation ranges are kept and reused while everything that
+    produced them is the same (see ``cache_key``); ``note`` gets the one line that says reused or why not."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     method = normalize_calibration_method(method)
     if quantizer not in QUANTIZERS:
@@ -205,7 +267,7 @@ def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: C
         if quantizer == "ort":
             _ort_quantize(prepared, raw, calset, method, qdq=True, exclude=exclude,
                           ranges_cache=Path(ranges_cache) if ranges_cache else None, batch_size=batch_size,
-                          stride_batches=stride_batches)
+                          stride_batches=stride_batches, source=fp32_path, info=info, note=note, quiet=quiet)
         else:
             _modelopt_quantize(prepared, raw, calset, method, exclude=exclude, opset=opset)
         path = _finish(raw, out_path, info, "int8-qdq", True,
@@ -217,7 +279,8 @@ def quantize_tensorrt_qdq(fp32_path: str | Path, out_path: str | Path, calset: C
 def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: CalibrationSet, *,
                       method: str = "percentile", extra_exclude: list[str] | None = None,
                       ranges_cache: str | Path | None = None, batch_size: int = 8,
-                      stride_batches: int = 4, cpu_kernel: str = "auto") -> QuantizeResult:
+                      stride_batches: int = 4, cpu_kernel: str = "auto", note: Note = None,
+                      quiet: bool = False) -> QuantizeResult:
     """``cpu_kernel``: "qgemm" (AMX where the CPU has it), "convsym" (ORT's default, VNNI) or "auto"
     (qgemm on a CPU with AMX-INT8, which is where the file is expected to run); see ``cpu_kernels``."""
     fp32_path, out_path = Path(fp32_path), Path(out_path)
@@ -237,7 +300,7 @@ def quantize_cpu_int8(fp32_path: str | Path, out_path: str | Path, calset: Calib
         raw = work / "cpu.onnx"
         _ort_quantize(prepared, raw, calset, method, qdq=False, exclude=exclude,
                       ranges_cache=Path(ranges_cache) if ranges_cache else None, batch_size=batch_size,
-                      stride_batches=stride_batches)
+                      stride_batches=stride_batches, source=fp32_path, info=info, note=note, quiet=quiet)
         path = _finish(raw, out_path, info, "int8-cpu", False,
                        {"quantizer": "ort-qoperator-u8s8", "calibration_method": method,
                         "calibration_samples": len(calset), "note": "ONNX Runtime CPU only; not for TensorRT"},

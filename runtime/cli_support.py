@@ -23,7 +23,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     def _get_help_string(self, action):
         text = action.help or ""
         # Flags without a meaningful default (store_true, None, empty lists) show none.
-        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+        # Identity, not equality: a default of 0 (== False) is a real default and is shown.
+        if (action.default is None or action.default is False or action.default == []
+                or action.default is argparse.SUPPRESS or "default" in text):
             return text
         return super()._get_help_string(action)
 

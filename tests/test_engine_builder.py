@@ -334,14 +334,26 @@ def test_cli_errors_are_one_line(tmp_path, make, extra, match):
     elif make == "cpu":
         make_admpff_onnx(path, precision="int8-cpu", tensorrt_compatible=False)
     rc, lines = _cli(path, "--out", tmp_path / "reid.engine", *extra)
-    assert rc == 1, lines
+    assert rc == 2, lines
     assert len(lines) == 1 and match in lines[0], lines
     assert "Traceback" not in lines[0]
 
 
-def test_cli_help_works_without_tensorrt():
+def test_cli_help_works_without_tensorrt_and_shows_every_default():
     rc, lines = _cli("--help")
     assert rc == 0 and any("--timing-cache" in line for line in lines)
+    text = " ".join(" ".join(lines).split())
+    for shown in ("CUDA device index (default: 0)", "(default: 2.0)", "(default: auto)"):
+        assert shown in text, shown
+
+
+@pytest.mark.parametrize("out", ["folder", "under-a-file"])
+def test_cli_out_is_checked_before_any_work(tmp_path, out):
+    onnx_path = make_admpff_onnx(tmp_path / "reid.onnx")
+    (tmp_path / "file").write_text("x")
+    target = tmp_path if out == "folder" else tmp_path / "file" / "reid.engine"
+    rc, lines = _cli(onnx_path, "--out", target)  # without TensorRT this would otherwise say "not installed"
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("admpff-build-engine: error: --out"), lines
 
 
 # -- needs TensorRT and a GPU ------------------------------------------------------------------------
