@@ -48,11 +48,12 @@ _TEST_LIST_FILE = re.compile(r"^test_(visible|thermal|infrared)_\d+\.txt$|^test_
 
 # Mean per-pixel channel spread (max(B,G,R) - min(B,G,R), 0..255) below which a crop *with no other
 # source of its modality* is guessed infrared: only (nearly) grey crops.  Infrared crops are stored as 3
-# equal channels (spread 0.0, also after JPEG); 252 HOG crops of the colour clip shared/data/vtest.avi
-# measure 3.9 at the least (5th percentile 4.9, median 13.8).  The runtime's frame rule (Lab spread
-# around the mean, made for whole frames with an IR illuminator's colour cast) labelled 64 of those
-# 252 crops infrared, since a crop is often one colour (blue jeans, a grey coat): it is not used on crops.
-INFRARED_CHROMA_THRESHOLD = 2.0
+# equal channels (spread 0.0 after JPEG, 2.0 after OpenCV's MJPG video codec); 252 HOG crops of the
+# colour clip shared/data/vtest.avi measure 3.9 at the least (5th percentile 4.9, median 13.8).  The
+# runtime's frame rule (Lab spread around the mean, made for whole frames with an IR illuminator's
+# colour cast) labelled 64 of those 252 crops infrared, since a crop is often one colour (blue jeans,
+# a grey coat): it is not used on crops.
+INFRARED_CHROMA_THRESHOLD = 3.0
 
 # Where a crop's modality came from, most trustworthy first ("colour" is the per-crop last resort).
 MODALITY_FROM = ("flag", "folder", "dataset", "frame", "colour")
