@@ -222,13 +222,13 @@ class Gallery:
         from .modality import crop_modality, normalize_setting
 
         setting = normalize_setting(modality)
-        plans, warnings = plan_enrollment(root)
         model_hash = embedder.info.checkpoint_sha256
         if self.model_hash and model_hash != self.model_hash:
             raise ModelMismatchError(f"this gallery holds embeddings of model {_short(self.model_hash)}; "
                                      f"cannot add ones from model {_short(model_hash)}")
         if self.embedding_dim is not None and self.embedding_dim != embedder.contract.embedding_dim:
             raise GalleryError(f"gallery dimension {self.embedding_dim} != model dimension {embedder.contract.embedding_dim}")
+        plans, warnings = plan_enrollment(root)
 
         report = EnrollReport(warnings=list(warnings))
         self.model_hash = model_hash
