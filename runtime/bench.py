@@ -467,6 +467,11 @@ def run(args) -> tuple[dict, dict]:
     for p in args.models:  # fail before anything heavy runs
         if not Path(p).is_file():
             raise BenchError(f"model file not found: {p}")
+    from .cli_support import CommandError, prepare_output_dir
+    try:  # an --out that is a file fails now, not after the benchmark
+        prepare_output_dir(args.out)
+    except CommandError as exc:
+        raise BenchError(str(exc)) from None
 
     torch_module = torch_emb = None
     if args.torch:
