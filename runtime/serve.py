@@ -180,13 +180,15 @@ class TritonServer:
         while True:
             code = self.process.poll()
             if code is not None:
-                self._cleanup()
-                raise ServeError(f"tritonserver exited with code {code} during start-up: {self._log_reason()}")
+                reason = self._log_reason()
+                kept = self._cleanup(keep_log=True)
+                raise ServeError(f"tritonserver exited with code {code} during start-up: {reason}"
+                                 + (f" (log: {kept})" if kept else ""))
             if self.ready():
                 return self
             if time.monotonic() > deadline:
                 reason = self._log_reason()
-                self.stop()
+                self.stop(keep_log=True)
                 raise ServeError(f"tritonserver was not ready within {self.startup_timeout:g} s: {reason}")
             time.sleep(0.2)
 
@@ -207,7 +209,7 @@ class TritonServer:
         picked = deque((errors or lines), maxlen=2)
         return " | ".join(ln.strip() for ln in picked) or "empty server log"
 
-    def stop(self) -> int | None:
+    def stop(self, keep_log: bool = False) -> int | None:
         """SIGTERM (Triton drains and exits), then SIGKILL to the group after ``exit_timeout``."""
         proc, code = self.process, None
         if proc is not None and proc.poll() is None:
@@ -228,20 +230,23 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        self._cleanup()
+        self._cleanup(keep_log)
         return code
 
-    def _cleanup(self) -> None:
+    def _cleanup(self, keep_log: bool = False) -> Path | None:
+        """Remove the private backend folder (and the log, unless asked to keep it: start-up failed)."""
         log_file = getattr(self, "_log", None)
         if log_file is not None and not log_file.closed:
             log_file.close()
-        keep_log = self.log_path.parent == self._work and self.log_path.exists()
-        if keep_log:  # keep the log readable after the work folder goes
+        kept = None
+        if keep_log and self.log_path.parent == self._work and self.log_path.exists():
+            kept = Path(tempfile.gettempdir()) / f"admpff-tritonserver-{os.getpid()}-{self.http_port}.log"
             try:
-                shutil.copy(self.log_path, Path(tempfile.gettempdir()) / f"admpff-tritonserver-{os.getpid()}.log")
+                shutil.copy(self.log_path, kept)
             except OSError:
-                pass
-        shutil.rmtree(self._work / "backends", ignore_errors=True)
+                kept = None
+        shutil.rmtree(self._work, ignore_errors=True)
+        return kept if keep_log else None
 
     def urls(self, model: str) -> list[str]:
         return [f"grpc://{self.host}:{self.grpc_port}/{model}", f"http://{self.host}:{self.http_port}/{model}"]
