@@ -81,7 +81,7 @@ def _site_dirs() -> list[str]:
 
 def write_python_repository(repo: str | Path, model: str | Path, *, name: str = "admpff", max_batch: int = 32,
                             queue_delay_us: int = 2000, instances: int = 1, threads: int | None = None,
-                            backend: str = "auto", preferred_batch_sizes=()) -> Path:
+                            backend: str = "auto", preferred_batch_sizes=(), dynamic_batching: bool = True) -> Path:
     """Write ``repo/<name>/{config.pbtxt, 1/model.py}`` serving ``model`` through admpff's embedder.
 
     The model is loaded here once first, so a bad file fails now with one line rather than in the
@@ -99,6 +99,7 @@ def write_python_repository(repo: str | Path, model: str | Path, *, name: str = 
                    "admpff.serve.embedder": chosen})
     spec = TritonModelSpec(name=name, contract=info.contract, max_batch_size=max_batch, backend="python",
                            queue_delay_us=queue_delay_us, preferred_batch_sizes=preferred_batch_sizes,
+                           dynamic_batching=dynamic_batching,
                            instance_count=instances, instance_kind="KIND_CPU", parameters=params)
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,7 @@ class TritonModelSpec:
     platform: str | None = None            # "tensorrt_plan", "onnxruntime_onnx"
     default_model_filename: str | None = None
     queue_delay_us: int = 2000             # dynamic batching: how long a request may wait for company
+    dynamic_batching: bool = True          # False: one request per execution (to measure what batching gains)
     preferred_batch_sizes: Sequence[int] = ()
     instance_count: int = 1
     instance_kind: str = "KIND_CPU"        # KIND_GPU for a tensorrt_plan
@@ -88,7 +89,8 @@ def model_config_text(spec: TritonModelSpec) -> str:
     lines.append("]")
     preferred = (f"\n  preferred_batch_size: [ {', '.join(str(b) for b in spec.preferred_batch_sizes)} ]"
                  if spec.preferred_batch_sizes else "")
-    lines.append(f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {spec.queue_delay_us}\n}}")
+    if spec.dynamic_batching:
+        lines.append(f"dynamic_batching {{{preferred}\n  max_queue_delay_microseconds: {spec.queue_delay_us}\n}}")
     lines.append(f"instance_group [\n  {{\n    count: {spec.instance_count}\n    kind: {spec.instance_kind}\n  }}\n]")
     for key, value in spec.parameters.items():
         lines.append(f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}")
