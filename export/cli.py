@@ -5,7 +5,8 @@
     admpff-export last.pt --out models/ --int8 --calib-data sysu:/data/SYSU-MM01 --verify-data sysu:/data/SYSU-MM01
     admpff-export last.pt --out models/ --int8 --calib-data crops/ --engine --batch 1,8,32   # on a GPU with TensorRT
 
-Files: DIR/<name>.onnx (FP32), <name>.fp16.onnx, <name>.int8.onnx (TensorRT Q/DQ), <name>.cpu-int8.onnx
+Files: DIR/<name>.onnx (FP32), <name>.fp16.onnx, <name>.int8.onnx (TensorRT Q/DQ) and <name>.int8.fp16.onnx
+(the same Q/DQ with an FP16 float part, for strongly typed TensorRT 10.4+/11), <name>.cpu-int8.onnx
 (ONNX Runtime CPU only), <name>.verify.json, and with --engine <name>.<precision>.engine + .json sidecar.
 """
 from __future__ import annotations
@@ -173,6 +174,13 @@ def run(args) -> int:
                        ranges_cache=out / f"{name}.int8.ranges.json", opset=args.opset, note=_say(args), quiet=args.quiet)
         files["int8-qdq"] = r.path
         _check_qdq(r.path, args.opset)
+    if "int8-qdq" in files:  # what strongly typed TensorRT (10.4+, 11.x) builds; see qdq_fp16
+        from .qdq_check import FP16_SCALE_OPSET
+        from .qdq_fp16 import convert_qdq_fp16
+        stages.total += 1
+        files["int8-fp16"] = stages.run("INT8 Q/DQ with an FP16 float part (strongly typed TensorRT 10.4+ / 11)",
+                                        convert_qdq_fp16, files["int8-qdq"], out / f"{name}.int8.fp16.onnx")
+        _check_qdq(files["int8-fp16"], FP16_SCALE_OPSET)
     if "cpu-int8" in precisions:
         r = stages.run(f"CPU-INT8 (ONNX Runtime QOperator U8S8, {args.calib_method})", quantize_cpu_int8,
                        files["fp32"], out / f"{name}.cpu-int8.onnx", calib, method=args.calib_method,

@@ -36,7 +36,7 @@ REQUESTS = ("auto", "fp32", "fp16", "int8")
 DEFAULT_BATCH = (1, 8, 32)
 DEFAULT_DLA_BATCH = (8, 8, 8)
 DEFAULT_WORKSPACE_GB = 2.0
-_PRECISION_SUFFIX = re.compile(r"\.(int8[-_]?cpu|cpu[-_]?int8|int8|qdq|fp16|fp32)$", re.IGNORECASE)
+_PRECISION_SUFFIX = re.compile(r"\.(int8\.fp16|int8[-_]?cpu|cpu[-_]?int8|int8|qdq|fp16|fp32)$", re.IGNORECASE)
 
 
 class EngineBuildError(RuntimeError):
@@ -238,6 +238,44 @@ def plan_build(trt_version: str, onnx_precision: str, requested: str = "auto", d
     return plan
 
 
+def is_strongly_typed_build(trt_version: str, dla: int | None = None) -> bool:
+    """Whether this TensorRT builds a Q/DQ file strongly typed (what ``plan_build`` decides)."""
+    major, minor, _ = parse_trt_version(trt_version)
+    return major >= 11 or (major == 10 and minor != 3 and dla is None)
+
+
+def choose_qdq_file(trt_version: str, onnx_path: str | os.PathLike, float_dtype: str | None,
+                    dla: int | None = None) -> tuple[Path, str | None]:
+    """Which of the two INT8 Q/DQ files this TensorRT should build, and a line saying why when it swaps.
+
+    ``<name>.int8.onnx`` (FP32 float part, FP32 scales, opset 17) is for the flag builds (8.5/8.6, 10.3,
+    DLA before 11), where the FP16 flag runs the float layers in FP16.  A strongly typed build (10.4+,
+    11.x) keeps the types of the file, so there ``<name>.int8.fp16.onnx`` (FP16 float part) is taken
+    when it sits next to the given file.  Pure: tested without TensorRT.
+    """
+    path = Path(onnx_path)
+    base = model_base_name(path.name)
+    typed = is_strongly_typed_build(trt_version, dla)
+    major = parse_trt_version(trt_version)[0]
+    if float_dtype != "fp16" and typed:
+        sibling = path.with_name(f"{base}.int8.fp16.onnx")
+        if sibling.is_file():
+            return sibling, (f"TensorRT {trt_version} builds Q/DQ strongly typed: building {sibling.name} "
+                             f"(FP16 between the Q/DQ pairs; {path.name} would run those layers in FP32)")
+        return path, (f"warning: TensorRT {trt_version} builds {path.name} strongly typed, so the layers outside "
+                      f"its Q/DQ pairs run in FP32; admpff-export --int8 also writes {base}.int8.fp16.onnx, "
+                      f"which runs them in FP16")
+    if float_dtype == "fp16" and not typed:
+        sibling = path.with_name(f"{base}.int8.onnx")
+        if sibling.is_file():
+            return sibling, (f"TensorRT {trt_version} builds Q/DQ with the INT8 + FP16 flags: building "
+                             f"{sibling.name} (opset 17, FP32 scales) instead of {path.name}")
+        if major == 8:
+            raise BuildPlanError(f"{path.name} is opset 19 with FP16 scales, for strongly typed TensorRT 10.4+; "
+                                 f"TensorRT {trt_version} parses opset <= 17: build {base}.int8.onnx")
+    return path, None
+
+
 # ------------------------------------------------------------------------------------------------
 # Reading the ONNX (needs the onnx package, not TensorRT)
 # ------------------------------------------------------------------------------------------------
@@ -332,6 +370,59 @@ class _Ticker:
         self._thread.join(timeout=1.0)
 
 
+def create_builder(trt, logger, device: int = 0):
+    """``trt.Builder(logger)``, whose pybind11 binding raises TypeError (not None) when TensorRT's factory
+    returns null: no usable CUDA device or driver, or no GPU memory left."""
+    try:
+        builder = trt.Builder(logger)
+    except TypeError:
+        builder = None
+    if builder is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not create a builder on GPU {device}: no usable "
+                               "CUDA device or driver, or no GPU memory left (see TensorRT's log above)")
+    return builder
+
+
+def load_timing_cache(config, path: Path, log: Callable[[str], None] = print) -> bool:
+    """Attach the timing cache at ``path`` (or a fresh one) to ``config``; False when TensorRT takes none.
+
+    ``IBuilderConfig.set_timing_cache(cache, ignore_mismatch=False)`` returns False for a cache made by
+    another GPU or TensorRT; then a fresh cache is used and replaces the file after the build.
+    """
+    blob = path.read_bytes() if path.is_file() else b""
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception:  # a damaged file: TensorRT's parser of the blob may raise
+            cache = None
+        if cache is not None and config.set_timing_cache(cache, False):
+            log(f"      timing cache {path} (loaded)")
+            return True
+        log(f"      timing cache {path} was made by another GPU or TensorRT version (or is damaged): "
+            f"building with a fresh one, which replaces it")
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, False):
+        log("      warning: TensorRT took no fresh timing cache either; building without one")
+        return False
+    if not blob:
+        log(f"      timing cache {path} (new)")
+    return True
+
+
+def save_timing_cache(config, path: Path, log: Callable[[str], None] = print) -> bool:
+    """Write the builder's timing cache to ``path`` atomically; a failure is one warning line, never fatal."""
+    try:
+        cache = config.get_timing_cache()
+        data = cache.serialize() if cache is not None else None
+        if data is None:
+            raise RuntimeError("TensorRT returned no timing cache")
+        atomic_write_bytes(path, data)
+    except Exception as exc:
+        log(f"      warning: timing cache {path} not saved ({exc}); the engine is complete")
+        return False
+    return True
+
+
 def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, plan: BuildPlan, *,
                  onnx_info: OnnxInfo | None = None, workspace_gb: float | None = DEFAULT_WORKSPACE_GB,
                  timing_cache: str | os.PathLike | None = None, device: int = 0, verbose: bool = False,
@@ -348,9 +439,7 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, plan
         raise EngineBuildError(f"cannot query GPU {device}: {exc}") from None
     t0 = time.monotonic()
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    if builder is None:
-        raise EngineBuildError("TensorRT could not create a builder (is the GPU visible?)")
+    builder = create_builder(trt, logger, device)
     network = builder.create_network(_flag_bits(trt.NetworkDefinitionCreationFlag, plan.network_flags))
     parser = trt.OnnxParser(network, logger)
 
@@ -384,13 +473,10 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, plan
     profile.set_shape(modality, (lo,), (opt,), (hi,))
     config.add_optimization_profile(profile)
 
-    cache = None
+    use_cache = False
     if timing_cache is not None:
         timing_cache = Path(timing_cache)
-        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, False)  # ignore_mismatch=False: a foreign cache is not used
-        log(f"      timing cache {timing_cache} ({'loaded' if blob else 'new'})")
+        use_cache = load_timing_cache(config, timing_cache, log)
 
     log(f"[2/3] build: {plan.describe()}")
     for warning in plan.warnings:
@@ -404,8 +490,6 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, plan
     log(f"      built in {build_s:.1f} s")
 
     atomic_write_bytes(out_path, serialized)  # IHostMemory supports the buffer protocol
-    if cache is not None:
-        atomic_write_bytes(timing_cache, config.get_timing_cache().serialize())
     from admpff.runtime.contract import package_version
 
     sidecar = EngineSidecar(
@@ -418,6 +502,8 @@ def build_engine(onnx_path: str | os.PathLike, out_path: str | os.PathLike, plan
         built_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         admpff_version=package_version())
     write_sidecar(out_path, sidecar)
+    if use_cache:  # after the engine and its sidecar: a cache problem never costs the engine
+        save_timing_cache(config, timing_cache, log)
     size_mb = out_path.stat().st_size / 1e6
     log(f"[3/3] wrote {out_path} ({size_mb:.1f} MB) and {sidecar_path(out_path).name} "
         f"for {gpu['name']} (sm {gpu['compute_capability']}) in {sidecar.build_seconds:.1f} s")
@@ -443,6 +529,12 @@ def build_engine_from_onnx(onnx_path: str | os.PathLike, out_path: str | os.Path
         raise BuildPlanError(f"{Path(onnx_path).name} has a fixed batch of {info.static_batch}: pass "
                              f"--batch {info.static_batch} (or export with a dynamic batch)")
     trt = import_tensorrt()
+    if info.precision == "int8-qdq":
+        chosen, why = choose_qdq_file(trt.__version__, onnx_path, info.metadata.get("admpff.float_dtype"), dla)
+        if why:
+            log(f"      {why}")
+        if chosen != Path(onnx_path):
+            onnx_path, info = chosen, read_onnx_info(chosen)
     plan = plan_build(trt.__version__, info.precision, precision, dla, profile,
                       onnx_name=str(onnx_path), tensorrt_compatible=info.tensorrt_compatible)
     return build_engine(onnx_path, out_path, plan, onnx_info=info, workspace_gb=workspace_gb,

@@ -44,9 +44,13 @@ def body_nodes(model: onnx.ModelProto) -> set[str]:
     return downstream(model, convs) - head
 
 
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+def to_fp16(model: onnx.ModelProto, extra_body=None) -> onnx.ModelProto:
+    """``extra_body(model, body) -> set of node names``: more nodes to convert with the body (the Q/DQ
+    pairs that feed it, for the FP16-float INT8 file)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())  # work on a copy
     body = body_nodes(model)
+    if extra_body is not None:
+        body = body | extra_body(model, body)
     floats = _float_tensors(model)
     producer = {out: n.name for n in model.graph.node for out in n.output}
     inits = {i.name: i for i in model.graph.initializer}

@@ -20,6 +20,7 @@ THRESHOLDS = {
     "fp32": {"max_abs": 1e-4},
     "fp16": {"cos_min": 0.9999},
     "int8-qdq": {"cos_mean": 0.99, "cos_min": 0.97, "map_drop": 1.0},
+    "int8-fp16": {"cos_mean": 0.99, "cos_min": 0.97, "map_drop": 1.0},  # Q/DQ with an FP16 float part
     "int8-cpu": {"cos_mean": 0.99, "cos_min": 0.97, "map_drop": 1.0},
 }
 

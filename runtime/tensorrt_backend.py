@@ -26,9 +26,9 @@ __all__ = ["TensorRTEmbedder", "CudaRuntime", "CudaError", "load_cudart"]
 
 TRT_MISSING = ("TensorRT is not installed here (Jetson: JetPack's python3-libnvinfer; desktop: "
                "pip install tensorrt); run the .onnx with ONNX Runtime instead")
-CUDA_PYTHON_MISSING = ("cuda-python is not installed (pip install 'cuda-python>=12,<13' for CUDA 12 / "
-                       "JetPack 6, 'cuda-python>=13' for CUDA 13); the TensorRT backend needs it for "
-                       "device buffers")
+CUDA_PYTHON_MISSING = ("cuda-python is not installed (JetPack 5 / CUDA 11.4: pip install 'cuda-python>=11.8,<12'; "
+                       "JetPack 6 / CUDA 12: 'cuda-python>=12,<13'; JetPack 7 / CUDA 13: 'cuda-python>=13,<14'); "
+                       "the TensorRT backend needs it for device buffers")
 
 
 class CudaError(RuntimeError):
@@ -203,8 +203,8 @@ class TensorRTEmbedder(Embedder):
         except ImportError:
             raise ModelLoadError(f"cannot load {path.name}: {TRT_MISSING}") from None
         self._trt = trt
-        self._cuda = CudaRuntime(device)  # ModelLoadError if cuda-python is missing
-        try:
+        try:  # ModelLoadError if cuda-python is missing; CudaError for a bad device index or no driver
+            self._cuda = CudaRuntime(device)
             gpu = self._cuda.device_properties()
         except CudaError as exc:
             raise ModelLoadError(f"cannot load {path.name}: no usable GPU {device} ({exc})") from None
@@ -217,14 +217,27 @@ class TensorRTEmbedder(Embedder):
                 raise ModelLoadError(str(exc)) from None
         try:
             self._load(trt, path)
+        except CudaError as exc:  # cudaMalloc / cudaMallocHost / cudaStreamCreate
+            self.close()
+            raise ModelLoadError(f"cannot load {path.name} on GPU {device}: {exc} (out of GPU memory? "
+                                 f"a smaller --batch profile needs less)") from None
         except BaseException:
             self.close()
             raise
 
     def _load(self, trt, path: Path) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self._logger)
+        try:
+            runtime = trt.Runtime(self._logger)
+        except TypeError:  # pybind11 raises this when TensorRT's factory returns null
+            runtime = None
+        if runtime is None:
+            raise ModelLoadError(f"TensorRT {trt.__version__} could not create a runtime for {path.name} "
+                                 "(no usable CUDA device or driver, or no GPU memory left)")
         self._runtime = runtime
+        if self.sidecar.dla_core is not None:
+            # As trtexec --useDLACore does: an engine built for DLA core N must be deserialised onto core N.
+            runtime.DLA_core = int(self.sidecar.dla_core)
         self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise ModelLoadError(f"TensorRT {trt.__version__} cannot deserialize {path.name} (corrupt, or built by "

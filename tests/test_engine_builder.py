@@ -23,23 +23,26 @@ except ImportError:
 VERSIONS = ["8.5.2", "8.6.2", "10.3.0", "10.8.0", "10.13.0", "11.4.1"]
 
 
+EXPORT_OPSET = 17  # admpff-export's default (--opset): TensorRT 8.5/8.6 (JetPack 5/6.0) parse up to 17
+
+
 def make_admpff_onnx(path, precision="fp32", tensorrt_compatible=True, static_batch=None, metadata=True):
-    """A tiny graph with the admpff I/O names and metadata (what admpff-export writes)."""
+    """A tiny graph with the admpff I/O names and metadata, in the export's opset and form (opset 17:
+    ReduceMean takes its axes as an attribute; opset 18's axes input would not parse on TensorRT 8.5/8.6)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     c = DEFAULT_CONTRACT
     batch = static_batch if static_batch is not None else "batch"
     w = numpy_helper.from_array(np.ones((3, c.embedding_dim), np.float32), "w")
-    axes = numpy_helper.from_array(np.array([2, 3], np.int64), "axes")
-    nodes = [helper.make_node("ReduceMean", ["images", "axes"], ["m"], keepdims=0),
+    nodes = [helper.make_node("ReduceMean", ["images"], ["m"], axes=[2, 3], keepdims=0),
              helper.make_node("MatMul", ["m", "w"], ["embedding"])]
     graph = helper.make_graph(
         nodes, "tiny",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, c.height, c.width]),
          helper.make_tensor_value_info("modality", TensorProto.INT32, [batch])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, c.embedding_dim])], [w, axes])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [batch, c.embedding_dim])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", EXPORT_OPSET)])
     model.ir_version = 8
     if metadata:
         helper.set_model_props(model, build_metadata(c, precision=precision, checkpoint_sha256="ab" * 32,
@@ -49,6 +52,19 @@ def make_admpff_onnx(path, precision="fp32", tensorrt_compatible=True, static_ba
 
 
 # -- plan_build: version x precision table ------------------------------------------------------------
+def test_gpu_fixture_uses_the_exports_opset_and_runs(tmp_path):
+    import onnx
+    from admpff.export.cli import build_parser
+    from admpff.runtime.embedder import load_embedder
+
+    assert build_parser().get_default("opset") == EXPORT_OPSET
+    model = onnx.load(str(make_admpff_onnx(tmp_path / "m.onnx")))
+    onnx.checker.check_model(model, full_check=True)
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [EXPORT_OPSET]
+    out = load_embedder(tmp_path / "m.onnx").embed_batch(np.ones((2, 3, 288, 144), np.float32), np.zeros(2, np.int32))
+    assert out.shape == (2, DEFAULT_CONTRACT.embedding_dim)
+
+
 def test_parse_trt_version():
     assert parse_trt_version("10.3.0.30") == (10, 3, 0)
     assert parse_trt_version("8.5.2.2") == (8, 5, 2)

@@ -109,8 +109,8 @@ def test_export_quiet_same_permissions_default_stem_and_one_set_of_counts(tmp_pa
     for chatter in ("Collecting tensor data", "Finding optimal threshold", "Number of tensors"):
         assert chatter not in text
     names = sorted(f.name for f in out.iterdir())
-    assert names == ["admpff.calib.npz", "admpff.int8.onnx", "admpff.int8.ranges.json", "admpff.onnx",
-                     "admpff.verify.json"]  # the README's stem
+    assert names == ["admpff.calib.npz", "admpff.int8.fp16.onnx", "admpff.int8.onnx", "admpff.int8.ranges.json",
+                     "admpff.onnx", "admpff.verify.json"]  # the README's stem
     modes = {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()}
     assert set(modes.values()) == {0o640}, modes
 
@@ -144,3 +144,28 @@ def test_export_help_shows_every_default():
     for shown in ("(default: admpff)", "seed of the crop selection (default: 0)", "(default: auto)",
                   "(default: 1,8,32)", "(default 17", "(default: ort)"):
         assert shown in text, shown
+
+
+def test_fp16_float_qdq_file_keeps_every_quantized_conv(fp32, tmp_path):
+    """<name>.int8.fp16.onnx: what strongly typed TensorRT builds; same Q/DQ, FP16 in between (opset 19)."""
+    from admpff.export.qdq_check import qdq_summary
+    from admpff.export.qdq_fp16 import convert_qdq_fp16
+    from admpff.runtime.embedder import load_embedder
+
+    fp32_path, contract = fp32
+    calset = build_calibration_set(write_crops(tmp_path / "a", 12, seed=7), 12, contract=contract)
+    int8 = quantize_tensorrt_qdq(fp32_path, tmp_path / "m.int8.onnx", calset, quiet=True).path
+    typed = convert_qdq_fp16(int8, tmp_path / "m.int8.fp16.onnx")
+    before, after = qdq_summary(int8), qdq_summary(typed, max_opset=19)
+    assert after.ok, after.violations[:3]
+    assert (after.quantized_convs, after.qdq_nodes) == (before.quantized_convs, before.qdq_nodes) and after.opset == 19
+    model = onnx.load(str(typed))
+    scale_types = {i.data_type for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert scale_types == {onnx.TensorProto.FLOAT16}  # each DequantizeLinear emits FP16 into its Conv
+    inputs = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert set(inputs.values()) == {onnx.TensorProto.FLOAT, onnx.TensorProto.INT32}  # FP32 I/O kept
+    x, mod = calset.images, calset.modality
+    ref = load_embedder(fp32_path).embed_batch(x, mod)
+    cos = np.sum(ref * load_embedder(typed).embed_batch(x, mod), axis=1)
+    assert cos.mean() >= 0.99 and cos.min() >= 0.97  # the INT8 bars of verify.THRESHOLDS
+    assert load_embedder(typed).info.raw["admpff.float_dtype"] == "fp16"
