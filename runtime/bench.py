@@ -4,13 +4,23 @@
     admpff-bench models/admpff.fp16.engine --batch 1,8 --duration 10 --out bench/jetson
     admpff-bench models/*.onnx --torch runs/sysu/last.pt --accuracy sysu:/data/SYSU-MM01 --threads 4
 
-Every model file (.onnx through ONNX Runtime, .engine through TensorRT) is timed at every batch size:
+    admpff-bench models/admpff.onnx models/admpff.int8.onnx models/admpff.cpu-int8.onnx \\
+        --backend onnxruntime,openvino --precision f32,bf16 --torch runs/sysu/last.pt --rounds 3
+    admpff-bench models/admpff.int8.onnx --backend openvino --batch 8 --benchmark-app --rounds 3
+
+Every model file runs on every ``--backend`` (auto: the one ``load_embedder`` picks; .onnx through ONNX
+Runtime or OpenVINO, one OpenVINO row per ``--precision``; .engine through TensorRT) and is timed at every
+batch size:
 ``embed_batch`` on an already preprocessed float32 batch, host to host (input copy, inference, output
 copy and the final L2 renormalisation), after ``--warmup`` untimed calls, for at least ``--iters`` calls
 and at least ``--duration`` seconds.  Per batch: latency min / mean / median / p90 / p95 / p99 / max in
 ms per call, images/s = batch / mean latency and queries/s = 1 / mean latency (trtexec's "qps").
 Preprocessing (``crops_to_batch`` on BGR crops of 100x50..200x90 px) is timed once, per crop.
 
+``--rounds R`` times every model in turn R times and pools the calls, so a CPU shared with other work
+slows every row alike.  ``--benchmark-app`` runs OpenVINO's own ``benchmark_app`` (sync API, one stream,
+the same file, precision, threads and batch) right after each OpenVINO row and adds its row and an
+``x b_app`` column (admpff's images/s over benchmark_app's).
 ``--torch CKPT`` adds a PyTorch eager FP32 row (same threads) and an ``x PyTorch`` speed-up column;
 ``--accuracy sysu:ROOT|regdb:ROOT[:trial]`` adds rank-1 / mAP / mINP on the data set's test protocol.
 Writes DIR/bench.json (all numbers + environment) and DIR/latency_vs_batch.png.
@@ -163,6 +173,8 @@ def backend_name(embedder) -> str:
         return "ort-" + providers[0].replace("ExecutionProvider", "").lower()
     if type(embedder).__name__ == "TensorRTEmbedder":
         return "tensorrt"
+    if type(embedder).__name__ == "OpenVINOEmbedder":
+        return f"openvino-{embedder.inference_precision}"
     return type(embedder).__name__
 
 
@@ -173,13 +185,15 @@ def _calls_per_batch(embedder, batch: int) -> int:
 
 
 def benchmark_model(embedder, batches: Iterable[int], warmup: int = 3, iters: int = 20, duration: float = 0.0,
-                    *, seed: int = 0, progress: Callable[[dict], None] | None = None) -> list[dict]:
+                    *, seed: int = 0, progress: Callable[[dict], None] | None = None,
+                    keep_times: bool = False) -> list[dict]:
     """Time ``embedder.embed_batch`` at each batch size -> one row dict per batch.
 
     Each row has ``model``, ``precision``, ``backend``, ``batch``, ``calls_per_batch`` (above 1 when the
     backend splits the batch: a TensorRT profile's max batch) and :func:`summarize_latencies`' figures,
     measured after ``warmup`` untimed calls over at least ``iters`` calls and ``duration`` seconds.  A
     batch below a TensorRT profile's minimum is reported with ``skipped`` (a reason) instead of figures.
+    ``keep_times`` adds the raw per-call seconds as ``times_s`` (for pooling rounds).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -206,10 +220,67 @@ def benchmark_model(embedder, batches: Iterable[int], warmup: int = 3, iters: in
             times.append(time.perf_counter() - t0)
         row.update(summarize_latencies(times, batch))
         row["calls_per_batch"] = _calls_per_batch(embedder, batch)
+        if keep_times:
+            row["times_s"] = times
         rows.append(row)
         if progress:
             progress(row)
     return rows
+
+
+# -- OpenVINO's benchmark_app, side by side ------------------------------------------------------
+def benchmark_app_command(path: str | Path, batch: int, threads: int, precision: str, seconds: float,
+                          contract: InputContract) -> list[str]:
+    """benchmark_app configured as admpff's OpenVINO embedder runs: one synchronous infer request on one
+    stream with ``threads`` threads, the same inference precision (``auto``: the plugin's default)."""
+    exe = Path(sys.executable).with_name("benchmark_app")
+    cmd = [str(exe) if exe.is_file() else "benchmark_app", "-m", str(path), "-d", "CPU", "-hint", "none",
+           "-nstreams", "1", "-nireq", "1", "-api", "sync", "-nthreads", str(threads),
+           "-shape", f"{contract.input_names[0]}[{batch},3,{contract.height},{contract.width}],"
+                     f"{contract.input_names[1]}[{batch}]",
+           "-t", f"{max(1, math.ceil(seconds))}"]
+    if precision != "auto":
+        cmd += ["-infer_precision", precision]
+    return cmd
+
+
+def parse_benchmark_app(text: str, batch: int) -> dict:
+    """benchmark_app's report (Count, Duration, Latency Median/Average/Min/Max, Throughput) -> a row's figures."""
+    import re
+
+    def number(label: str) -> float:
+        m = re.search(rf"{label}:\s+([0-9.]+)", text)
+        if not m:
+            raise BenchError(f"benchmark_app printed no {label.strip()} figure")
+        return float(m.group(1))
+
+    mean = number("Average")
+    out = {"iters": int(number("Count")), "batch": batch, "min_ms": number("Min"), "mean_ms": mean,
+           "median_ms": number("Median"), "max_ms": number("Max"), "total_s": number("Duration") / 1000.0,
+           "images_per_s": number("Throughput"), "queries_per_s": number("Throughput") / batch}
+    for p in PERCENTILES:
+        out[f"p{p}_ms"] = None  # benchmark_app reports one percentile (the median) unless told otherwise
+    return out
+
+
+def run_benchmark_app(embedder, batch: int, seconds: float) -> dict:
+    """One benchmark_app run on the embedder's own file, precision and threads -> a bench row."""
+    import subprocess
+
+    cmd = benchmark_app_command(embedder.path, batch, embedder.threads, embedder.requested_precision,
+                                seconds, embedder.contract)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except FileNotFoundError:
+        raise BenchError("--benchmark-app: OpenVINO's benchmark_app is not installed (pip install openvino)") from None
+    if proc.returncode != 0:
+        errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "ERROR" in ln] or ["(no message)"]
+        raise BenchError(f"benchmark_app failed on {embedder.path.name}: {errors[0].strip()}")
+    row = {"model": embedder.path.name, "precision": embedder.info.precision,
+           "backend": f"benchmark_app-{embedder.inference_precision}", "batch": batch, "calls_per_batch": 1,
+           "command": " ".join(cmd)}
+    row.update(parse_benchmark_app(proc.stdout, batch))
+    return row
 
 
 # -- accuracy -----------------------------------------------------------------------------------
@@ -262,6 +333,9 @@ def format_table(rows: Sequence[dict], accuracy: dict | None = None) -> str:
     bw = max([len("backend")] + [len(r["backend"]) for r in rows])
     cols = [("batch", 5), ("min", 9), ("mean", 9), ("median", 9), ("p90", 9), ("p95", 9), ("p99", 9),
             ("img/s", 9), ("q/s", 9), ("x PyTorch", 10)]
+    show_bapp = any("vs_benchmark_app" in r for r in rows)
+    if show_bapp:
+        cols += [("x b_app", 8)]
     if show_acc:
         cols += [("R1", 7), ("mAP", 7)]
     head = f"{'model':<{mw}}  {'precision':<{pw}}  {'backend':<{bw}}" + "".join(f"{n:>{w + 1}}" for n, w in cols)
@@ -275,13 +349,22 @@ def format_table(rows: Sequence[dict], accuracy: dict | None = None) -> str:
                                                                    "p95_ms", "p99_ms"))
             cells += " " + _fmt(r["images_per_s"], ".1f", 9) + " " + _fmt(r["queries_per_s"], ".1f", 9)
             cells += " " + _fmt(r.get("speedup_vs_pytorch"), ".2f", 10)
+            if show_bapp:
+                cells += " " + _fmt(r.get("vs_benchmark_app"), ".3f", 8)
             if show_acc:
-                acc = (accuracy or {}).get(r["model"]) or {}
+                acc = (accuracy or {}).get(accuracy_key(r)) or {}
                 cells += " " + _fmt(acc.get("rank1"), ".2f", 7) + " " + _fmt(acc.get("mAP"), ".2f", 7)
         lines.append(cells)
     lines.append("latency: ms per batch (one embed_batch call, host to host, after warm-up); "
-                 "img/s = batch / mean; x PyTorch = img/s over PyTorch eager FP32 at the same batch")
+                 "img/s = batch / mean; x PyTorch = img/s over PyTorch eager FP32 at the same batch"
+                 + ("; x b_app = img/s over benchmark_app's on the same file, precision, threads and batch"
+                    if show_bapp else ""))
     return "\n".join(lines)
+
+
+def accuracy_key(row: dict) -> str:
+    """Rows of one file on several backends keep their own accuracy."""
+    return f"{row['model']} {row['backend']}"
 
 
 def plot_latency(rows: Sequence[dict], path: str | Path, title: str = "admpff-bench") -> Path:
@@ -365,6 +448,10 @@ def environment(threads: int, providers: str, torch_module=None) -> dict:
         env["torch_cuda"] = bool(torch_module.cuda.is_available())
     if "tensorrt" in sys.modules:
         env["tensorrt"] = getattr(sys.modules["tensorrt"], "__version__", None)
+    if "openvino" in sys.modules:
+        ov = sys.modules["openvino"]
+        env["openvino"] = ov.get_version()
+        env["openvino_cpu_capabilities"] = [str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     try:
         from .contract import package_version
 
@@ -395,14 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     doc = __doc__.split("\n\n")
     ap = _Parser(prog="admpff-bench", description=doc[0], epilog="\n\n".join(doc[1:]),
                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", metavar="MODEL", help=".onnx (ONNX Runtime) or .engine (TensorRT) files")
+    ap.add_argument("models", nargs="+", metavar="MODEL",
+                    help=".onnx (ONNX Runtime / OpenVINO), OpenVINO .xml or TensorRT .engine files")
+    ap.add_argument("--backend", default="auto", metavar="LIST",
+                    help="comma list of backends every file runs on: auto (load_embedder's choice), onnxruntime, "
+                         "openvino (default auto)")
+    ap.add_argument("--precision", default="auto", metavar="LIST",
+                    help="OpenVINO inference precisions, comma list of auto (the CPU's default), f32, bf16, f16: "
+                         "one OpenVINO row each (default auto)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="time every model in turn this many times and pool the calls (default 1)")
+    ap.add_argument("--benchmark-app", action="store_true",
+                    help="add OpenVINO benchmark_app's figures on the same file, precision, threads and batch "
+                         "after each OpenVINO row")
     ap.add_argument("--batch", default="1,8", help="comma list of batch sizes (default 1,8)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed calls per batch before timing (default 3)")
     ap.add_argument("--iters", type=int, default=20, help="at least this many timed calls per batch (default 20)")
     ap.add_argument("--duration", type=float, default=0.0,
                     help="and at least this many seconds of timed calls per batch (default 0)")
     ap.add_argument("--threads", type=int, default=None,
-                    help="ONNX Runtime intra-op threads and torch.set_num_threads (default: usable CPUs)")
+                    help="ONNX Runtime / OpenVINO threads and torch.set_num_threads (default: usable CPUs)")
     ap.add_argument("--providers", default="auto", choices=sorted(PROVIDER_CHOICES),
                     help="ONNX Runtime providers for .onnx files (default auto: TensorRT EP > CUDA EP > CPU)")
     ap.add_argument("--torch", default=None, metavar="CHECKPOINT",
@@ -422,8 +521,20 @@ def _say(quiet: bool, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _load_models(paths: list[str], providers: str, threads: int) -> list:
-    from .embedder import load_embedder
+def parse_choices(text: str, allowed: Sequence[str], flag: str) -> list[str]:
+    out = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part not in allowed:
+            raise BenchError(f"{flag}: {part!r} is not one of {', '.join(allowed)}")
+        if part not in out:
+            out.append(part)
+    return out
+
+
+def _load_models(paths: list[str], providers: str, threads: int, backends: Sequence[str] = ("auto",),
+                 precisions: Sequence[str] = ("auto",)) -> list:
+    from .embedder import choose_backend, load_embedder
 
     embedders = []
     for p in paths:
@@ -432,8 +543,22 @@ def _load_models(paths: list[str], providers: str, threads: int) -> list:
             raise BenchError(f"model file not found: {path}")
         if path.suffix.lower() in ENGINE_SUFFIXES:
             embedders.append(load_embedder(path))
-        else:
-            embedders.append(load_embedder(path, providers=PROVIDER_CHOICES[providers], intra_op_threads=threads))
+            continue
+        ort_options = {} if providers == "auto" else {"providers": PROVIDER_CHOICES[providers]}
+        names = []
+        for b in backends:
+            name = choose_backend(path, b, ort_options if b == "auto" else None).name
+            if name not in names:
+                names.append(name)
+        for name in names:
+            if name == "openvino":
+                for precision in precisions:
+                    embedders.append(load_embedder(path, backend="openvino", threads=threads, precision=precision))
+            elif name == "onnxruntime":
+                embedders.append(load_embedder(path, backend="onnxruntime", threads=threads,
+                                               providers=PROVIDER_CHOICES[providers]))
+            else:
+                embedders.append(load_embedder(path, backend=name, threads=threads))
     return embedders
 
 
@@ -462,6 +587,10 @@ def run(args) -> tuple[dict, dict]:
     threads = args.threads if args.threads else _usable_cpus()
     if threads < 1:
         raise BenchError(f"--threads must be >= 1, got {threads}")
+    if args.rounds < 1:
+        raise BenchError(f"--rounds must be >= 1, got {args.rounds}")
+    backends = parse_choices(args.backend, ("auto", "onnxruntime", "openvino"), "--backend")
+    precisions = parse_choices(args.precision, ("auto", "f32", "bf16", "f16"), "--precision")
     if args.accuracy:
         check_accuracy_spec(args.accuracy)
     for p in args.models:  # fail before anything heavy runs
@@ -477,15 +606,15 @@ def run(args) -> tuple[dict, dict]:
     if args.torch:
         torch_module, torch_emb = _load_torch(args.torch, args.providers, threads)
     t0 = time.perf_counter()
-    embedders = _load_models(args.models, args.providers, threads)
+    embedders = _load_models(args.models, args.providers, threads, backends, precisions)
     models = [e for e in embedders]
     if torch_emb is not None:
         models.insert(0, torch_emb)
-    names = [Path(getattr(e, "path", "model")).name for e in models]
+    names = [(Path(getattr(e, "path", "model")).name, backend_name(e)) for e in models]
     if len(set(names)) != len(names):  # same file name in two folders: keep rows apart
         for e, n in zip(models, names):
             if names.count(n) > 1:
-                e._bench_name = str(e.path)
+                e._bench_name = str(e.path)  # (the backend still tells rows of one file apart)
     _say(args.quiet, f"admpff-bench: {len(models)} model(s) loaded in {time.perf_counter() - t0:.1f} s; "
                      f"batches {','.join(map(str, batches))}, warm-up {args.warmup}, >= {args.iters} iters"
                      + (f" and >= {args.duration:g} s" if args.duration else "") + f", {threads} threads")
@@ -495,7 +624,7 @@ def run(args) -> tuple[dict, dict]:
                      f"{preprocess['target'][0]}x{preprocess['target'][1]}): "
                      f"{preprocess['ms_per_crop_median']:.3f} ms per crop")
 
-    total = len(models) * len(batches)
+    total = len(models) * len(batches) * args.rounds
     done = [0]
 
     def progress(row):
@@ -507,11 +636,47 @@ def run(args) -> tuple[dict, dict]:
                              f"{row['batch']}: median {row['median_ms']:.3f} ms, {row['images_per_s']:.1f} img/s "
                              f"({row['iters']} iters)")
 
+    # Rounds: every model in turn, then again; calls are pooled per model and batch, so load from other
+    # processes on a shared CPU falls on every row alike instead of on whichever ran during it.
+    pooled: list[list[dict]] = [[] for _ in models]
+    bapp: dict[tuple[int, int], list[dict]] = {}
+    for round_no in range(args.rounds):
+        for i, emb in enumerate(models):
+            these = benchmark_model(emb, batches, args.warmup, args.iters, args.duration, progress=progress,
+                                    keep_times=True, seed=round_no)
+            pooled[i].append(these)
+            if args.benchmark_app and type(emb).__name__ == "OpenVINOEmbedder":
+                for row in these:
+                    if "skipped" in row:
+                        continue
+                    b_row = run_benchmark_app(emb, row["batch"], max(args.duration, row["total_s"], 2.0))
+                    bapp.setdefault((i, row["batch"]), []).append(b_row)
+                    _say(args.quiet, f"    benchmark_app {b_row['model']} {b_row['backend']} batch {row['batch']}: "
+                                     f"median {b_row['median_ms']:.3f} ms, {b_row['images_per_s']:.1f} img/s")
     rows: list[dict] = []
     model_info = []
-    for emb in models:
+    for i, emb in enumerate(models):
         name = getattr(emb, "_bench_name", None)
-        these = benchmark_model(emb, batches, args.warmup, args.iters, args.duration, progress=progress)
+        these = []
+        for j, first in enumerate(pooled[i][0]):
+            row = dict(first)
+            if "skipped" not in row:
+                times = [t for per_round in pooled[i] for t in per_round[j]["times_s"]]
+                row.update(summarize_latencies(times, row["batch"]))
+                row["rounds"] = args.rounds
+                row.pop("times_s", None)
+            these.append(row)
+            runs = bapp.get((i, row["batch"]))
+            if runs:
+                b_row = dict(runs[0])
+                for key in ("images_per_s", "queries_per_s", "median_ms", "mean_ms"):
+                    b_row[key] = float(np.median([r[key] for r in runs]))
+                b_row["min_ms"] = min(r["min_ms"] for r in runs)
+                b_row["max_ms"] = max(r["max_ms"] for r in runs)
+                b_row["iters"] = sum(r["iters"] for r in runs)
+                b_row["rounds"] = len(runs)
+                row["vs_benchmark_app"] = row["images_per_s"] / b_row["images_per_s"]
+                these.append(b_row)
         if name:
             for r in these:
                 r["model"] = name
@@ -519,6 +684,8 @@ def run(args) -> tuple[dict, dict]:
         c = emb.contract
         model_info.append({"model": name or emb.path.name, "path": str(emb.path), "precision": emb.info.precision,
                            "backend": backend_name(emb), "providers": getattr(emb, "providers", None),
+                           "describe": emb.describe() if hasattr(emb, "describe") and not isinstance(emb, TorchEmbedder)
+                           else backend_name(emb),
                            "checkpoint_sha256": getattr(emb, "sha256", None) or emb.info.checkpoint_sha256,
                            "input": [3, c.height, c.width], "embedding_dim": c.embedding_dim,
                            "max_batch": getattr(emb, "max_batch", None)})
@@ -537,6 +704,7 @@ def run(args) -> tuple[dict, dict]:
     result = {"name": args.name or (Path(args.models[0]).stem if args.models else "admpff-bench"),
               "settings": {"batches": batches, "warmup": args.warmup, "iters": args.iters,
                            "duration_s": args.duration, "threads": threads, "providers": args.providers,
+                           "backends": backends, "openvino_precisions": precisions, "rounds": args.rounds,
                            "timing": "embed_batch on a preprocessed float32 batch, host to host, per call",
                            "percentiles": "linear interpolation (numpy)", "accuracy": args.accuracy,
                            "max_queries": args.max_queries if args.accuracy else None},
@@ -573,7 +741,7 @@ def _accuracy(args, models, model_info) -> dict:
         except ValueError as exc:
             raise BenchError(f"--accuracy {args.accuracy}: {exc}") from None
         info["accuracy"] = acc
-        accuracy[info["model"]] = acc
+        accuracy[accuracy_key(info)] = acc
         _say(args.quiet, f"accuracy {info['model']}: R1 {acc['rank1']:.2f}  mAP {acc['mAP']:.2f}  "
                          f"mINP {acc['mINP']:.2f}")
     return accuracy
@@ -587,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         result, accuracy = run(args)
         for r in result["rows"]:
-            acc = accuracy.get(r["model"])
+            acc = accuracy.get(accuracy_key(r))
             if acc:
                 r["rank1"], r["mAP"], r["mINP"] = acc["rank1"], acc["mAP"], acc["mINP"]
         print(format_table(result["rows"], accuracy))
