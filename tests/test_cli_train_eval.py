@@ -123,3 +123,85 @@ def test_console_script_reports_missing_checkpoint(tmp_path):
                                capture_output=True, text=True).stdout
     help_text = " ".join(help_text.split())  # wrapped to the terminal's width
     assert "no validation split" in help_text and "--heldout-ids" in help_text and "torchrun" in help_text
+
+
+def test_resume_never_writes_into_another_run_and_works_from_anywhere(data, tmp_path, monkeypatch, capsys):
+    """Issue 10: --resume of a copied checkpoint wrote to the run it was copied from; from another
+    folder it failed on the relative data path, and with --data it made a new ./runs/..."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "regdb").symlink_to(data / "regdb")
+    monkeypatch.chdir(tmp_path / "a")
+    assert cli_train.main(["--dataset", "regdb", "--data", "../regdb", "--out", "runs/first", "--epochs", "1",
+                           "--no-tensorboard", *TINY]) == 0
+    first = tmp_path / "a" / "runs" / "first" / "last.pt"
+    stored = load_checkpoint(first)["config"]["train"]
+    assert stored["data"] == str(tmp_path / "regdb") and stored["out"] == str(first.parent)  # absolute
+    copy = tmp_path / "a" / "runs" / "copy"
+    copy.mkdir()
+    (copy / "last.pt").write_bytes(first.read_bytes())
+    before = first.read_bytes()
+
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli_train.main(["--resume", "../a/runs/copy/last.pt", "--epochs", "2", "--no-progress"]) == 0
+    assert load_checkpoint(copy / "last.pt")["epoch"] == 2 and first.read_bytes() == before
+    assert cli_train.main(["--resume", str(copy / "last.pt"), "--data", str(data / "regdb"), "--epochs", "3",
+                           "--no-progress"]) == 0
+    assert load_checkpoint(copy / "last.pt")["epoch"] == 3 and list((tmp_path / "elsewhere").iterdir()) == []
+    # resuming into a folder whose last.pt is another file: refused, before any work
+    code = cli_train.main(["--resume", str(copy / "last.pt"), "--out", str(first.parent), "--epochs", "4"])
+    assert "not the checkpoint being resumed" in one_error_line(capsys, code) and first.read_bytes() == before
+
+
+def test_out_that_is_a_file_is_one_line_exit_2_before_any_work(data, tmp_path, capsys, monkeypatch):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    code = cli_train.main(["--dataset", "regdb", "--data", str(data / "regdb"), "--out", str(taken), *TINY])
+    assert "--out" in one_error_line(capsys, code) and taken.read_text() == "not a folder"
+    from admpff.training.datasets import synthetic
+    assert "existing file" in one_error_line(capsys, synthetic.main(["regdb", str(taken)]))
+
+    # admpff-eval: a bad --out fails before anything is read; a good one exists before the evaluation runs
+    run = tmp_path / "run"
+    assert cli_train.main(["--dataset", "regdb", "--data", str(data / "regdb"), "--out", str(run), "--epochs", "1",
+                           "--no-tensorboard", *TINY]) == 0
+    code = cli_eval.main([str(run / "last.pt"), "--out", str(taken), "--no-progress"])
+    assert "--out" in one_error_line(capsys, code)
+    from admpff.training import features
+    seen = {}
+    real = features.evaluate_regdb
+
+    def spy(*args, **kwargs):
+        seen["out existed"] = (run / "eval-regdb-visible_to_thermal").is_dir()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "evaluate_regdb", spy)
+    assert cli_eval.main([str(run / "last.pt"), "--no-progress"]) == 0
+    assert seen == {"out existed": True}
+    assert (run / "eval-regdb-visible_to_thermal" / "results.json").is_file()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("module", ["admpff.training.cli_train", "admpff.training.cli_eval",
+                                    "admpff.training.datasets.synthetic", "admpff.runtime.reid"])
+def test_help_states_every_default(module):
+    text = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "400"}).stdout
+    options, current = {}, None
+    for line in text.splitlines():  # an option's help may continue on the next lines
+        stripped = line.strip()
+        if stripped.startswith("-"):
+            current = stripped.split()[0].rstrip(",")
+            options[current] = stripped
+        elif current and stripped and line.startswith(" "):
+            options[current] += " " + stripped
+        else:
+            current = None
+    expected = {"admpff.training.cli_train": ["--lr", "--epochs", "--momentum", "--weight-decay", "--seed",
+                                              "--workers", "--device", "--log-every", "--nesterov", "--lr-milestones"],
+                "admpff.training.cli_eval": ["--mode", "--trials", "--batch", "--device", "--out"],
+                "admpff.training.datasets.synthetic": ["--ids", "--per-cam", "--seed", "--size"],
+                "admpff.runtime.reid": ["--detect-every", "--threshold", "--embed-every", "--mean-of",
+                                        "--enroll-modality", "--out"]}[module]
+    for flag in expected:
+        assert flag in options and "default" in options[flag], (flag, options.get(flag))

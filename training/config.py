@@ -155,7 +155,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive (got {self.lr})")
         if self.warmup_epochs < 0 or any(int(m) < 0 for m in self.milestones):
-            raise ConfigError("warm-up epochs and milestones must be >= 0")
+            raise ConfigError("--lr-warmup and --lr-milestones must be >= 0")
         if list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"--lr-milestones must be increasing (got {self.milestones})")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:

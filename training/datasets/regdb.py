@@ -51,7 +51,7 @@ def _check_trial(trial) -> int:
     except TypeError:
         value = None
     if value not in TRIALS:
-        raise DatasetError(f"RegDB trial must be an integer in 1..10, got {trial!r}")
+        raise DatasetError(f"RegDB --trial must be an integer in 1..10, got {trial!r}")
     return value
 
 
