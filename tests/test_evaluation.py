@@ -224,10 +224,20 @@ def test_plot_cmc_writes_png_atomically(tmp_path):
     assert os.listdir(out.parent) == ["cmc.png"]  # no temporary file left behind
 
 
-def test_plot_cmc_ticks_are_integer_ranks(tmp_path):
+def test_plot_cmc_ticks_are_integer_ranks(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    saved = []
+    real_savefig = Figure.savefig
+
+    def spy(self, *args, **kwargs):  # the figure as written, whatever plot_cmc returns
+        saved.append(self)
+        return real_savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
     for length in (20, 7, 3):
-        fig = plot_cmc({"a": np.linspace(0.1, 0.9, length)}, tmp_path / f"cmc{length}.png")
-        ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= length]
+        plot_cmc({"a": np.linspace(0.1, 0.9, length)}, tmp_path / f"cmc{length}.png")
+        ticks = [t for t in saved[-1].axes[0].get_xticks() if 1 <= t <= length]
         assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 

@@ -189,13 +189,14 @@ def test_real_colour_crops_enroll_as_visible(model, clip_crops, tmp_path, capsys
     # what went wrong before: the frame rule applied to single crops calls dull daylight crops infrared
     assert sum(frame_modality(cv2.imread(str(f))) == "infrared" for f in files) > 0
     emb = load_embedder(model)
-    for setting in ("visible", "auto"):
+    reports = {}
+    for setting in ("auto", "visible"):
         g = Gallery.for_embedder(emb)
-        report = g.enroll_folder(clip_crops, emb, modality=setting)
-        assert set(g.modalities().tolist()) == {0}, (setting, report.modalities)
-        assert report.modalities == {"visible": len(files)}
-    assert report.sources == {"guess": len(files)}
-    assert any("guessed from their colour" in w for w in report.warnings)  # auto is a last resort, said so
+        reports[setting] = g.enroll_folder(clip_crops, emb, modality=setting)
+        assert g.modalities().tolist() == [0] * len(files), setting   # 0 = visible, every crop
+    assert reports["visible"].modalities == reports["auto"].modalities == {"visible": len(files)}
+    assert reports["visible"].sources == {"flag": len(files)} and reports["auto"].sources == {"guess": len(files)}
+    assert any("guessed from their colour" in w for w in reports["auto"].warnings)  # a last resort, and said so
 
     # the folder layout wins over the flag and over any guess; a contradicting guess is reported
     layered = tmp_path / "layered"
