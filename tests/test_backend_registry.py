@@ -129,3 +129,14 @@ def test_stack_of_crops_and_bad_shapes(tiny):
         emb.embed(np.zeros(5, np.uint8), "visible")
     with pytest.raises(TypeError, match="crops is str"):
         emb.embed("person.png", "visible")
+
+
+def test_reid_backend_flags_reach_load_embedder(tiny, tmp_path):
+    """admpff-reid --backend/--precision reach load_embedder: a precision for a backend without one, or an
+    unknown backend, is one line and exit 2."""
+    base = [sys.executable, "-m", "admpff.runtime.reid", "--model", str(tiny), "--source", "x=0"]
+    p = subprocess.run(base + ["--backend", "onnxruntime", "--precision", "bf16"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == "admpff-reid: error: backend 'onnxruntime' takes no option precision"
+    p = subprocess.run(base + ["--backend", "tflite"], capture_output=True, text=True)
+    assert p.returncode == 2 and "--backend" in p.stderr and "tflite" in p.stderr
