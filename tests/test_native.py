@@ -175,6 +175,20 @@ def test_match_reads_the_python_gallery_and_agrees_with_matcher(crops, models, t
 
 
 @needs_openvino
+def test_openvino_ir_xml_carries_the_contract_and_embeds_like_the_onnx(tmp_path):
+    import openvino as ov
+
+    model = build_tiny_embedder(tmp_path / "tiny.onnx", checkpoint_sha256="ir")
+    ov.save_model(ov.Core().read_model(str(model)), str(tmp_path / "tiny.xml"))
+    image = tmp_path / "p.png"
+    cv2.imwrite(str(image), np.random.default_rng(0).integers(0, 256, (120, 50, 3), dtype=np.uint8))
+    for name in ("tiny.onnx", "tiny.xml"):
+        run_native("embed", "--model", tmp_path / name, "--modality", "infrared", "--inference-precision", "f32",
+                   "--out", tmp_path / f"{name}.npy", image)
+    np.testing.assert_allclose(np.load(tmp_path / "tiny.xml.npy"), np.load(tmp_path / "tiny.onnx.npy"), atol=1e-6)
+
+
+@needs_openvino
 def test_bench_writes_trtexec_style_figures(tmp_path):
     model = build_tiny_embedder(tmp_path / "tiny.onnx")
     p = run_native("bench", "--model", model, "--batch", "1,3", "--warmup", "1", "--iters", "3",
