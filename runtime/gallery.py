@@ -203,7 +203,7 @@ class Gallery:
 
     # -- enrollment --------------------------------------------------------------------------------
     def enroll_folder(self, root: str | Path, embedder, modality: str = "visible", batch_size: int = 32,
-                      replace: bool = True) -> EnrollReport:
+                      replace: bool = True, log_warnings: bool = True) -> EnrollReport:
         """Embed ``root/<person>/*.jpg`` (also .jpeg/.png/.bmp) and add them under the folder names.
 
         A person folder may hold ``visible/`` and ``infrared/`` sub-folders (also ``rgb/``, ``ir/``,
@@ -217,7 +217,8 @@ class Gallery:
         ``replace`` (default): a person already in the gallery gets the new rows *instead of* the old
         ones, so enrolling the same folder twice leaves the gallery as after once; ``replace=False``
         adds to them.  A folder without person sub-folders, or without any image, is a
-        :class:`GalleryError`.  Unreadable images are skipped and listed in the report.
+        :class:`GalleryError`.  Unreadable images are skipped and listed in the report.  Warnings are
+        in ``report.warnings``, and logged unless ``log_warnings=False`` (a CLI that prints them itself).
         """
         from .modality import crop_modality, normalize_setting
 
@@ -290,7 +291,7 @@ class Gallery:
                                        f"kept as {said}, as their folder says")
         if report.skipped:
             report.warnings.append(f"skipped {report.skipped_count} unreadable images under {root}")
-        for line in report.warnings:
+        for line in report.warnings if log_warnings else ():
             log.warning("%s", line)
         return report
 

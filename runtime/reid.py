@@ -589,7 +589,7 @@ def run(args) -> int:
             raise GalleryError("--enroll needs --gallery FILE to write the enrolled people to")
         gallery = Gallery.load_for(args.gallery, embedder) if Path(args.gallery).exists() else Gallery.for_embedder(embedder)
         report = gallery.enroll_folder(args.enroll, embedder, modality=args.enroll_modality,
-                                       replace=not args.enroll_append)
+                                       replace=not args.enroll_append, log_warnings=False)
         gallery.save(args.gallery)
         print(f"{report} -> {args.gallery} ({len(gallery)} people, {gallery.num_embeddings} rows)")
         for line in report.warnings:
