@@ -112,10 +112,6 @@ def to_modelopt_calibration_data(calset: CalibrationSet) -> dict[str, np.ndarray
 def save_modelopt_npz(calset: CalibrationSet, path: "str | os.PathLike") -> Path:
     """The same arrays as an npz keyed by input name, for ``python -m modelopt.onnx.quantization
     --calibration_data_path``; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **to_modelopt_calibration_data(calset))
-    os.replace(tmp, path)
-    return path
+    from admpff.runtime.atomic import write_npz
+
+    return write_npz(Path(path), to_modelopt_calibration_data(calset))  # umask permissions, like every artifact
