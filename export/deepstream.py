@@ -30,8 +30,9 @@ __all__ = ["DeepStreamFiles", "TRACKER_NETWORK_MODE", "NVINFER_NETWORK_MODE", "T
            "write_deepstream", "tracker_reid_values", "nvinfer_values"]
 
 # The two plugins number precisions differently (documented in each plugin's config table).
-TRACKER_NETWORK_MODE = {"fp32": 0, "fp16": 1, "int8-qdq": 2}   # nvtracker ReID: 0 FP32, 1 FP16, 2 INT8
-NVINFER_NETWORK_MODE = {"fp32": 0, "int8-qdq": 1, "fp16": 2}   # nvinfer: 0 FP32, 1 INT8, 2 FP16
+# int8-fp16 (Q/DQ with an FP16 float part) is an INT8 file to both.
+TRACKER_NETWORK_MODE = {"fp32": 0, "fp16": 1, "int8-qdq": 2, "int8-fp16": 2}  # nvtracker ReID: 0 FP32, 1 FP16, 2 INT8
+NVINFER_NETWORK_MODE = {"fp32": 0, "int8-qdq": 1, "int8-fp16": 1, "fp16": 2}  # nvinfer: 0 FP32, 1 INT8, 2 FP16
 
 # Keys as the documentation lists them (DeepStream 9.2): what the tests check every written key against.
 TRACKER_REID_KEYS = frozenset({
@@ -56,7 +57,7 @@ NVINFER_KEYS = frozenset({
     "model-color-format", "net-scale-factor", "offsets", "maintain-aspect-ratio", "infer-dims", "output-blob-names",
     "input-object-min-width", "input-object-min-height", "interval", "secondary-reinfer-interval"})
 
-TRT_PRECISIONS = ("fp32", "fp16", "int8-qdq")
+TRT_PRECISIONS = tuple(TRACKER_NETWORK_MODE)
 
 
 @dataclass

@@ -20,6 +20,9 @@ def write_serving_outputs(args, files: dict[str, Path], engines: dict[str, Path]
                 f"fixing modality {modality} in {Path(path).name} -> {target.name}", fix_modality, path, target, modality)
             if precision == "int8-qdq":
                 check_qdq(target, args.opset)  # Q/DQ rules still hold once a stem is gone
+            elif precision == "int8-fp16":  # FP16 scales: opset 19
+                from .qdq_check import FP16_SCALE_OPSET
+                check_qdq(target, FP16_SCALE_OPSET)
     if args.triton:
         from .triton_repo import write_triton_repository
 

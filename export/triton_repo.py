@@ -144,7 +144,7 @@ def write_triton_repository(repo: str | Path, files: dict[str, Path], *, engines
         precision = key.split("/")[0]
         models.append(write_onnx_model(repo, path, precision=precision, max_batch=max_batch,
                                        queue_delay_us=queue_delay_us, instances=instances))
-        if precision in ("fp32", "fp16", "int8-qdq"):
+        if precision in ("fp32", "fp16", "int8-qdq", "int8-fp16"):  # what TensorRT builds
             models.append(write_tensorrt_plan_model(repo, path, (engines or {}).get(key), max_batch=max_batch,
                                                     queue_delay_us=queue_delay_us, instances=instances))
     return models

@@ -159,21 +159,28 @@ def main(argv=None) -> int:
                             s = runs[(mode, c)][-1]
                             print(f"  round {r + 1}/{args.rounds} {mode:<15} {c:>3} clients: "
                                   f"{s['crops'] / s['wall']:7.1f} crops/s", flush=True)
-        results = [{"mode": m, "clients": c, **summarize(runs[(m, c)])} for c in clients for m in MODES]
+                    # after every round, so a run cut short still leaves its figures
+                    results = [{"mode": m, "clients": c, "rounds_done": r + 1, **summarize(runs[(m, c)])}
+                               for c in clients for m in MODES]
+                    _write_json(args, results)
     except (CommandError, ModelLoadError, ServeError, ValueError) as exc:
         print(f"triton_bench: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
     print_table(results)
     if args.json:
-        from .atomic import write_json
-
-        write_json(args.json, {"command": " ".join(sys.argv), "cpu": _cpu(), "model": str(args.model),
-                               "backend": args.backend, "threads": args.threads, "crops_per_request": args.crops,
-                               "requests_per_client": args.requests, "rounds": args.rounds,
-                               "queue_delay_us": args.queue_delay_us, "protocol": args.protocol,
-                               "results": results})
         print(f"wrote {args.json}")
     return 0
+
+
+def _write_json(args, results: list[dict]) -> None:
+    if not args.json:
+        return
+    from .atomic import write_json
+
+    write_json(args.json, {"command": " ".join(sys.argv), "cpu": _cpu(), "model": str(args.model),
+                           "backend": args.backend, "threads": args.threads, "crops_per_request": args.crops,
+                           "requests_per_client": args.requests, "rounds": args.rounds,
+                           "queue_delay_us": args.queue_delay_us, "protocol": args.protocol, "results": results})
 
 
 def print_table(results: list[dict]) -> None:
