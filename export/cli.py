@@ -305,7 +305,15 @@ def _check_arguments(args) -> Path:
                            "parses <= 17 (the default); choose 13..21")
     if args.name is not None and (not args.name.strip() or "/" in args.name or args.name in (".", "..")):
         raise CommandError(f"--name {args.name!r} must be a plain file stem (no folders)")
+    if args.deepstream and not args.modality:
+        raise CommandError("--deepstream needs --modality visible and/or --modality infrared: DeepStream feeds one "
+                           "image tensor, so it runs single-input files")
+    if args.triton_max_batch < 1 or args.triton_queue_delay_us < 0:
+        raise CommandError("--triton-max-batch must be >= 1 and --triton-queue-delay-us >= 0")
     out = prepare_output_dir(args.out, "--out")
+    for flag, folder in (("--triton", args.triton), ("--deepstream", args.deepstream)):
+        if folder:
+            prepare_output_dir(folder, flag)
     if args.calib_cache:
         check_output_file(args.calib_cache, "--calib-cache")
     return out
