@@ -125,8 +125,11 @@ def run(args) -> int:
     from .quantize import quantize_cpu_int8, quantize_tensorrt_qdq
     from .verify import format_report, save_report, verify
 
+    from .qat_export import export_qat_qdq, is_qat_checkpoint_file, load_export_model, next_steps_message
+
     precisions = _precisions(args)
-    needs_calib = any(p in precisions for p in ("int8", "cpu-int8"))
+    qat = is_qat_checkpoint_file(args.checkpoint)  # QAT: the INT8 file carries the learned scales, no calibration
+    needs_calib = any(p in precisions for p in (("cpu-int8",) if qat else ("int8", "cpu-int8")))
     if needs_calib and not args.calib_data:
         raise CalibrationError("INT8 needs calibration data and never calibrates on random numbers: pass "
                                "--calib-data with a folder of person crops, a video (crops come from the person "
@@ -136,7 +139,7 @@ def run(args) -> int:
     stages = Stages(1 + len(precisions) + (1 if needs_calib or verify_on else 0) + (1 if verify_on else 0)
                     + (1 if args.engine else 0), args.quiet)
 
-    model, config, ckpt_sha = stages.run(f"loading {args.checkpoint}", model_from_checkpoint, args.checkpoint)
+    model, config, ckpt_sha = stages.run(f"loading {args.checkpoint}", load_export_model, args.checkpoint)
     contract = model.contract()
     name = args.name or DEFAULT_NAME
     # Calibration problems (no data, an empty folder) surface before any file is written.
@@ -167,7 +170,12 @@ def run(args) -> int:
     if "fp16" in precisions:
         files["fp16"] = stages.run("converting to FP16 internals (FP32 I/O and head)", convert_fp16,
                                    files["fp32"], out / f"{name}.fp16.onnx")
-    if "int8" in precisions:
+    if "int8" in precisions and qat:
+        files["int8-qdq"] = stages.run("INT8 Q/DQ from the QAT checkpoint (learned scales, no calibration)",
+                                       export_qat_qdq, model, contract, out / f"{name}.int8.onnx",
+                                       checkpoint_sha256=ckpt_sha, opset=args.opset).path
+        _check_qdq(files["int8-qdq"], args.opset)
+    elif "int8" in precisions:
         r = stages.run(f"INT8 Q/DQ for TensorRT ({args.quantizer}, {args.calib_method}, {len(calib)} crops)",
                        quantize_tensorrt_qdq, files["fp32"], out / f"{name}.int8.onnx", calib,
                        method=args.calib_method, quantizer=args.quantizer, extra_exclude=args.keep_float,
@@ -199,7 +207,8 @@ def run(args) -> int:
                              + (f" and {args.verify_data}" if retrieval else ""), verify, files["fp32"], variants,
                              verify_crops.images, verify_crops.modality, torch_model=model, retrieval=retrieval)
         extra = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt_sha}
-        failed = [f.precision for f in reports if f.precision in ("int8-qdq", "int8-cpu") and not f.passed]
+        failed = [f.precision for f in reports if f.precision in (("int8-cpu",) if qat else ("int8-qdq", "int8-cpu"))
+                  and not f.passed]
         if failed and args.auto_float > 0:
             reports, extra["sensitivity"] = _keep_sensitive_layers_float(
                 stages, args, files, calib, verify_crops, retrieval, reports, name, out, failed)
@@ -208,6 +217,7 @@ def run(args) -> int:
         for f in reports:
             if not f.passed:
                 print(f"WARNING: {f.precision} ({f.file}) misses its fidelity bar: {'; '.join(f.failures)}", flush=True)
+        print(next_steps_message(args, reports, qat=qat), end="", flush=True)
 
     engines = {}
     if args.engine:

@@ -1,0 +1,462 @@
+"""Quantization-aware fine-tuning (QAT): INT8 that holds where post-training calibration does not.
+
+    admpff-train --qat-from runs/sysu/last.pt --dataset sysu --data /data/SYSU-MM01 --out runs/sysu-qat
+    admpff-train --resume runs/sysu-qat/last.pt          # a QAT run resumes like any other
+    admpff-export runs/sysu-qat/last.pt --out models --int8 --calib-data crops/   # Q/DQ with the learned scales
+
+The scheme is the TensorRT Q/DQ file's (``export/quantize.py``, ``export/qdq_check.py``): signed int8,
+symmetric (zero point 0); every backbone convolution has its weights quantized per output channel
+(axis 0, [-127, 127], scale = max|w| / 127 of the current weights) and its input per tensor
+([-128, 127]); the identity input of every residual Add is quantized too, so TensorRT can fuse the Add into
+the convolution before it; the embedding head (stripe pooling, 1x1 reductions, concat, L2 norm) stays
+float.  Batch norms are folded into their convolutions first (frozen statistics, the usual QAT recipe):
+the network that trains is the graph that is exported, node for node.
+
+Fake quantization is PyTorch's own (``torch.fake_quantize_per_tensor_affine`` /
+``torch.fake_quantize_per_channel_affine`` in the exported graph, which the ONNX exporter turns into
+QuantizeLinear/DequantizeLinear).  Activation scales start from a percentile calibration on the
+training split and are then learned (LSQ: straight-through rounding, the scale's gradient scaled by
+1/sqrt(numel * 127)); weight scales follow the weights.  The fine-tuning loss is the MGJ loss, plus
+(``--qat-distill``, default 1) the cosine distance of the quantized embedding to the frozen FP32 source
+model's, which keeps the INT8 model close to the model it replaces.
+
+Everything else is ordinary training (``engine.Trainer``): sampler, logs (``train_log.jsonl``,
+TensorBoard), progress bars, atomic ``last.pt`` every epoch, exact ``--resume``.  The checkpoint is an
+ordinary admpff checkpoint plus a ``qat`` entry (scheme, source checkpoint and its sha256,
+calibration); :func:`build_qat_model` rebuilds the quantized network from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .engine import Trainer, TrainingError, build_scheduler
+
+log = logging.getLogger(__name__)
+
+QAT_FORMAT_VERSION = 1
+ACT_QMIN, ACT_QMAX = -128, 127        # activations: signed int8, symmetric scale (amax / 127)
+WEIGHT_QMAX = 127                     # weights: [-127, 127] (TensorRT's symmetric weight range)
+CALIB_PERCENTILE = 99.99              # per-batch |x| percentile, averaged over the calibration batches
+SCHEME = {"dtype": "int8", "symmetric": True, "weights": "per-channel axis 0, [-127, 127]",
+          "activations": "per-tensor, [-128, 127]", "residual_add": "identity input quantized",
+          "head": "float", "batch_norm": "folded", "scales": "activations learned (LSQ), weights max|w|/127"}
+QUANTIZED_PARTS = ("visible_stem", "infrared_stem", "shared", "branches")
+
+
+# -- fake quantizers -------------------------------------------------------------------------------
+class _Mode:
+    FLOAT, CALIBRATE, QUANTIZE = "float", "calibrate", "quantize"
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _grad_scaled(p: torch.Tensor, factor: float) -> torch.Tensor:
+    """``p`` in the forward pass, ``factor * grad`` in the backward pass (LSQ's step-size gradient scale)."""
+    return p * factor + (p - p * factor).detach()
+
+
+class ActivationQuantizer(nn.Module):
+    """Per-tensor symmetric int8 fake quantization with a learned scale (LSQ).
+
+    Modes: ``float`` (identity), ``calibrate`` (identity, records the |x| percentile of each batch) and
+    ``quantize``.  When exporting (``torch.onnx.is_in_onnx_export()``) the same arithmetic is emitted as
+    ``torch.fake_quantize_per_tensor_affine``, i.e. a QuantizeLinear/DequantizeLinear pair with this scale.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(1.0))
+        self.mode = _Mode.FLOAT
+        self._amax: list[float] = []
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, scale={float(self.scale):.4g}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == _Mode.FLOAT:
+            return x
+        if self.mode == _Mode.CALIBRATE:
+            flat = x.detach().abs().flatten().float()
+            if flat.numel() > 1 << 22:  # torch.quantile's input limit; a strided sample is enough
+                flat = flat[:: math.ceil(flat.numel() / (1 << 22))]
+            self._amax.append(float(torch.quantile(flat, CALIB_PERCENTILE / 100.0)))
+            return x
+        if torch.onnx.is_in_onnx_export():
+            return torch.fake_quantize_per_tensor_affine(x, float(self.scale.detach().abs().clamp_min(1e-8)), 0,
+                                                      ACT_QMIN, ACT_QMAX)
+        scale = _grad_scaled(self.scale.abs().clamp_min(1e-8), 1.0 / math.sqrt(x[0].numel() * ACT_QMAX))
+        return _round_ste(torch.clamp(x / scale, ACT_QMIN, ACT_QMAX)) * scale
+
+    def finish_calibration(self) -> None:
+        if not self._amax:
+            raise RuntimeError("a quantizer saw no data during calibration (is it on the embedding path?)")
+        amax = max(sum(self._amax) / len(self._amax), 1e-6)
+        with torch.no_grad():
+            self.scale.fill_(amax / ACT_QMAX)
+        self._amax = []
+
+
+def weight_scales(weight: torch.Tensor) -> torch.Tensor:
+    """Per-output-channel scales (axis 0): max|w| / 127, never zero."""
+    amax = weight.detach().abs().flatten(1).amax(dim=1)
+    return (amax / WEIGHT_QMAX).clamp_min(1e-12)
+
+
+def quantize_weight(weight: torch.Tensor) -> torch.Tensor:
+    """Straight-through per-channel fake quantization of a conv weight onto [-127, 127] * scale."""
+    scale = weight_scales(weight).view(-1, *([1] * (weight.dim() - 1)))
+    return _round_ste(torch.clamp(weight / scale, -WEIGHT_QMAX, WEIGHT_QMAX)) * scale
+
+
+def weight_integers(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(int8 weight, per-channel float scale) exactly as the fake quantizer uses them."""
+    scale = weight_scales(weight)
+    q = torch.clamp(torch.round(weight.detach() / scale.view(-1, *([1] * (weight.dim() - 1)))),
+                    -WEIGHT_QMAX, WEIGHT_QMAX)
+    return q.to(torch.int8), scale
+
+
+class QuantConv2d(nn.Module):
+    """A (BN-folded) convolution with its input per-tensor and its weight per-channel fake-quantized."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        self.input_quantizer = ActivationQuantizer()
+        self.quantize_weights = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_quantizer(x)
+        if not self.quantize_weights:
+            return self.conv(x)
+        weight = self.conv.weight
+        if torch.onnx.is_in_onnx_export():
+            # Exactly the trained integers, computed before tracing so that they are constants: the weight
+            # is on the grid already, so (-128, 127) (the range the exporter accepts) quantizes it back
+            # losslessly, and export/qat_export.py stores it as int8.
+            zero = torch.zeros(self._export_scale.numel(), dtype=torch.int32)
+            weight = torch.fake_quantize_per_channel_affine(self._export_grid, self._export_scale, zero, 0, -128, 127)
+        else:
+            weight = quantize_weight(weight)
+        return self.conv._conv_forward(x, weight, self.conv.bias)
+
+    def freeze_for_export(self) -> None:
+        """Compute the int8 grid outside the ONNX trace (tensors made there are traced, not constants)."""
+        q, scale = weight_integers(self.conv.weight)
+        # Persistent buffers, not plain tensors: the exporter folds the Q/DQ of anything outside the
+        # state dict into one float constant.  ``thaw_after_export`` removes them again.
+        self.register_buffer("_export_grid", (q.float() * scale.view(-1, 1, 1, 1)).detach().clone())
+        self.register_buffer("_export_scale", scale.detach().clone())
+
+    def thaw_after_export(self) -> None:
+        for name in ("_export_grid", "_export_scale"):
+            self._buffers.pop(name, None)
+
+
+# -- model transformation --------------------------------------------------------------------------
+def _fold_batch_norms(module: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d among a module's children (torchvision's
+    ResNet blocks, stems and downsample paths, the stripe reducers) into the convolution."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = 0
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (name_a, a), (name_b, b) in zip(children, children[1:]):
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                setattr(parent, name_a, fuse_conv_bn_eval(a.eval(), b.eval()))
+                setattr(parent, name_b, nn.Identity())
+                folded += 1
+    return folded
+
+
+def _quantize_convs(module: nn.Module) -> int:
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d):
+                setattr(parent, name, QuantConv2d(child))
+                count += 1
+    return count
+
+
+def _quantize_residual_inputs(module: nn.Module) -> int:
+    """torchvision's blocks add ``downsample(x)`` (or ``x``) to the convolution path: quantize that input."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    count = 0
+    for block in module.modules():
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            block.downsample = nn.Sequential(block.downsample or nn.Identity(), ActivationQuantizer())
+            count += 1
+    return count
+
+
+def prepare_qat_model(model: nn.Module) -> nn.Module:
+    """Fold BNs, then insert the fake quantizers (still in float mode) into an :class:`ADMPFFNet`, in place."""
+    model.eval()
+    _fold_batch_norms(model)
+    for part in QUANTIZED_PARTS:
+        sub = getattr(model, part)
+        _quantize_residual_inputs(sub)
+        _quantize_convs(sub)
+    return model
+
+
+def quantizers(model: nn.Module) -> list[ActivationQuantizer]:
+    return [m for m in model.modules() if isinstance(m, ActivationQuantizer)]
+
+
+def quantized_convs(model: nn.Module) -> list[QuantConv2d]:
+    return [m for m in model.modules() if isinstance(m, QuantConv2d)]
+
+
+def set_mode(model: nn.Module, mode: str) -> None:
+    """``float`` (the BN-folded FP32 network), ``calibrate`` or ``quantize`` (INT8 fake quantization)."""
+    for q in quantizers(model):
+        q.mode = mode
+    for conv in quantized_convs(model):
+        conv.quantize_weights = mode == _Mode.QUANTIZE
+
+
+def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [q.scale for q in quantizers(model)]
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> int:
+    """Set every activation scale from the |x| percentile on ``(normalised images, modality)`` batches."""
+    was_training = model.training
+    model.eval()
+    set_mode(model, _Mode.CALIBRATE)
+    seen = 0
+    for images, modality in batches:
+        model.embed(images, modality)
+        seen += len(images)
+    for q in quantizers(model):
+        q.finish_calibration()
+    set_mode(model, _Mode.QUANTIZE)
+    model.train(was_training)
+    return seen
+
+
+def build_qat_model(ckpt: dict, *, mode: str = _Mode.QUANTIZE, device: str | torch.device = "cpu") -> nn.Module:
+    """The network of a QAT checkpoint (eval mode) with fake quantization ``mode`` (``float``: its FP32 twin)."""
+    from .checkpoint import CheckpointError
+    from .model import build_model
+
+    if not is_qat_checkpoint(ckpt):
+        raise CheckpointError("not a QAT checkpoint (no 'qat' entry): train one with admpff-train --qat-from")
+    model = prepare_qat_model(build_model(dict(ckpt["config"]["model"], pretrained=None)))
+    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"QAT checkpoint weights do not fit its model configuration: {first}") from None
+    set_mode(model, mode)
+    return model.to(device).eval()
+
+
+def is_qat_checkpoint(ckpt: dict) -> bool:
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("qat"), dict)
+
+
+def file_sha256(path: str, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- training ----------------------------------------------------------------------------------------
+class DistillingModel(nn.Module):
+    """The training forward of the quantized model, with the frozen FP32 teacher's embedding beside it."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None):
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def forward(self, visible: torch.Tensor, infrared: torch.Tensor):
+        output = self.student(visible, infrared)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher(visible, infrared)
+            output["teacher"] = {k: v for k, v in teacher["features"].items() if not k.endswith(".all")}
+        return output
+
+
+class DistilledMGJLoss(nn.Module):
+    """MGJ loss + ``weight`` x (1 - cosine) between the student's and the teacher's test embeddings."""
+
+    def __init__(self, mgj: nn.Module, weight: float):
+        super().__init__()
+        self.mgj, self.weight = mgj, float(weight)
+
+    def forward(self, output: dict, labels: torch.Tensor, modality: torch.Tensor):
+        teacher = output.get("teacher")
+        loss, terms = self.mgj({k: v for k, v in output.items() if k != "teacher"}, labels, modality)
+        if teacher is None or self.weight <= 0:
+            return loss, terms
+        names = list(teacher)
+        student = torch.cat([output["features"][n] for n in names], 1)
+        target = torch.cat([teacher[n] for n in names], 1)
+        distill = (1.0 - F.cosine_similarity(student, target, dim=1)).mean()
+        terms = dict(terms, **{"qat/distill": distill.detach()})
+        return loss + self.weight * distill, terms
+
+
+def _calibration_batches(trainer, samples: int, batch: int):
+    """Unaugmented training-split images of both modalities, evenly spread, normalised on the device."""
+    import numpy as np
+
+    from admpff.runtime.contract import INFRARED, VISIBLE
+
+    from .transforms import to_chw_tensor
+
+    sources = [(np.load(trainer.data.visible.cache_path, mmap_mode="r"), VISIBLE),
+               (np.load(trainer.data.infrared.cache_path, mmap_mode="r"), INFRARED)]
+    picks = []
+    for images, modality in sources:
+        n = min(len(images), max(1, samples // 2))
+        idx = np.linspace(0, len(images) - 1, n).round().astype(int)
+        picks += [(images, int(i), modality) for i in idx]
+    for start in range(0, len(picks), batch):
+        chunk = picks[start:start + batch]
+        x = torch.stack([to_chw_tensor(imgs[i]) for imgs, i, _ in chunk])  # as evaluation reads the cache
+        m = torch.tensor([mod for _, _, mod in chunk], dtype=torch.long)
+        yield trainer.normalize(x.to(trainer.device)), m.to(trainer.device)
+
+
+class QATTrainer(Trainer):
+    """``Trainer`` whose model is the fake-quantized source model (everything else unchanged).
+
+    ``QATTrainer(config, source=ckpt, source_path=..., calib_samples=..., distill=...)`` starts a QAT run
+    (folds, inserts quantizers, calibrates on the training split); ``QATTrainer(config, resume=ckpt)``
+    continues one exactly.
+    """
+
+    def __init__(self, config, *, source: dict | None = None, source_path: str | None = None,
+                 resume: dict | None = None, calib_samples: int = 256, distill: float = 1.0,
+                 train_head: bool = False, progress: bool | None = None):
+        from .checkpoint import build_model_from_checkpoint
+        from .model import build_model
+
+        if (source is None) == (resume is None):
+            raise TrainingError("a QAT run starts from --qat-from CHECKPOINT or resumes from a QAT last.pt")
+        origin = source if source is not None else resume
+        if source is not None and is_qat_checkpoint(source):
+            raise TrainingError("--qat-from needs an FP32 training checkpoint; this one is already a QAT "
+                                "checkpoint (continue it with --resume)")
+        # The ordinary trainer builds data, sampler, loader and logger; its fresh model is replaced below.
+        super().__init__(config, resume=None, progress=progress)
+        stored = int(origin["config"]["model"]["num_classes"])
+        if stored != self.data.num_classes:
+            raise TrainingError(f"the checkpoint was trained on {stored} identities but the data now give "
+                                f"{self.data.num_classes}: QAT must use the source model's training split")
+        settings = dict(resume["qat"]) if resume is not None else {
+            "format_version": QAT_FORMAT_VERSION, "scheme": dict(SCHEME),
+            "source": os.path.abspath(source_path) if source_path else None,
+            "source_sha256": file_sha256(source_path) if source_path else None,
+            "calibration": {"split": "train", "samples": int(calib_samples), "percentile": CALIB_PERCENTILE},
+            "distill": float(distill), "train_head": bool(train_head)}
+        self.qat = settings
+        self.model_config = self.model_config.__class__.from_dict(dict(origin["config"]["model"], pretrained=None))
+        if resume is None:
+            teacher = build_model_from_checkpoint(source, self.device)
+            model = prepare_qat_model(build_model_from_checkpoint(source))
+        else:
+            model = prepare_qat_model(build_model(self.model_config))
+            teacher = None
+        self.model = model.to(self.device)
+        self.contract = self.model.contract()
+        if not self.qat.setdefault("train_head", False):
+            # The embedding head is float and not quantized: it stays as trained (its BN-folded 1x1 convs
+            # drift fast under the MGJ loss, which only moves the INT8 model away from the FP32 one).
+            for head in self.model.heads.values():
+                head.reducers.requires_grad_(False)
+        if resume is None:
+            seen = calibrate(self.model, _calibration_batches(self, calib_samples, 2 * config.batch_p * config.batch_k))
+            self.qat["calibration"]["samples"] = seen
+            log.info("QAT: %d convolutions and %d residual inputs fake-quantized, scales calibrated on %d "
+                     "training images", len(quantized_convs(self.model)),
+                     len(quantizers(self.model)) - len(quantized_convs(self.model)), seen)
+        else:
+            set_mode(self.model, _Mode.QUANTIZE)
+            # The teacher is the FP32 model the QAT run started from: the float twin of the resumed
+            # weights would drift with them, so rebuild it from the recorded source when it is there.
+            teacher = self._resume_teacher(settings)
+        if self.qat["distill"] > 0 and teacher is not None:
+            self.train_model = DistillingModel(self.model, teacher.to(self.device))
+            self.criterion = DistilledMGJLoss(self.criterion, self.qat["distill"])
+        else:
+            self.train_model = self.model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.train_model, device_ids=[self.device.index] if self.cuda else None)
+        self.optimizer = _build_qat_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config)
+        if resume is not None:
+            self.load_state_dict(resume)
+
+    def _resume_teacher(self, settings: dict):
+        from .checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+
+        path = settings.get("source")
+        if not settings.get("distill") or not path or not os.path.isfile(path):
+            if settings.get("distill"):
+                log.warning("QAT resume: the source checkpoint %s is gone; continuing without distillation", path)
+            return None
+        if settings.get("source_sha256") and file_sha256(path) != settings["source_sha256"]:
+            log.warning("QAT resume: %s changed since the run started; continuing without distillation", path)
+            return None
+        try:
+            return build_model_from_checkpoint(load_checkpoint(path), self.device)
+        except CheckpointError as exc:
+            log.warning("QAT resume: cannot use the source checkpoint (%s); continuing without distillation", exc)
+            return None
+
+    def state_dict(self, epoch: int) -> dict:
+        state = super().state_dict(epoch)
+        state["qat"] = dict(self.qat, scales={n: float(p.detach()) for n, p in _named_scales(self.model)})
+        return state
+
+
+
+def _named_scales(model: nn.Module):
+    for name, module in model.named_modules():
+        if isinstance(module, ActivationQuantizer):
+            yield name, module.scale
+
+
+def _build_qat_optimizer(model: nn.Module, config) -> torch.optim.Optimizer:
+    """The ordinary two groups (backbone at ``lr * backbone_lr_mult``, head at ``lr``) plus the learned
+    scales at the backbone rate without weight decay (decay would pull every scale towards zero)."""
+    scales = {id(p) for p in scale_parameters(model)}
+    backbone = [p for p in model.backbone_parameters() if id(p) not in scales]
+    groups = [{"params": backbone, "lr": config.lr * config.backbone_lr_mult, "name": "backbone"},
+              {"params": [p for p in model.head_parameters() if p.requires_grad], "lr": config.lr, "name": "head"},
+              {"params": scale_parameters(model), "lr": config.lr * config.backbone_lr_mult, "weight_decay": 0.0,
+               "name": "qat-scales"}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov and config.momentum > 0)

@@ -1,0 +1,65 @@
+"""``admpff-train --qat-from CHECKPOINT``: the command-line side of quantization-aware fine-tuning.
+
+Kept apart from :mod:`admpff.training.qat` so that ``admpff-train --help`` does not import torch.
+``admpff-train --resume OUT/last.pt`` of a QAT run needs no QAT flag: the checkpoint says it is one.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Sequence
+
+#: Settings a QAT run changes from its source run's (flags given on the command line still win):
+#: a short run at a constant learning rate; give a small --lr (the README has the measured recipe).
+QAT_DEFAULTS = {"epochs": 2, "warmup_epochs": 0, "milestones": [], "scale_schedule": False, "eval_every": 0}
+
+
+def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("quantization-aware fine-tuning (QAT)")
+    g.add_argument("--qat-from", dest="qat_from", metavar="CHECKPOINT",
+                   help="fine-tune this FP32 checkpoint with INT8 fake quantization (TensorRT's Q/DQ scheme); "
+                        "the run starts from its settings, 2 epochs at a constant --lr, output OUT/qat beside it; "
+                        "admpff-export --int8 on the result writes the Q/DQ file with the learned scales")
+    g.add_argument("--qat-calib-samples", dest="qat_calib_samples", type=int, default=256, metavar="N",
+                   help="training images that set the initial activation scales (default 256)")
+    g.add_argument("--qat-distill", dest="qat_distill", type=float, default=1.0, metavar="W",
+                   help="weight of the cosine distance to the FP32 source model's embedding, added to the MGJ "
+                        "loss (default 1; 0 = MGJ loss only)")
+
+
+def split_qat_arguments(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Take the QAT flags out of ``argv``; the rest goes to the ordinary configuration parser."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_qat_arguments(parser)
+    return parser.parse_known_args(list(argv))
+
+
+def qat_source_config(source_path: str, argv: Sequence[str], overwrite: bool):
+    """-> (source checkpoint dict, resolved config): the source run's settings, QAT's defaults, then flags."""
+    from .checkpoint import load_checkpoint
+    from .config import ConfigError, resolve_config
+
+    source = load_checkpoint(source_path, require_training_state=False)
+    if isinstance(source.get("qat"), dict):
+        raise ConfigError(f"{source_path} is already a QAT checkpoint: continue it with --resume {source_path}")
+    base = dict(source["config"].get("train", {}))
+    base.update(QAT_DEFAULTS)
+    base.update({"pretrained": "none", "resume": None,
+                 "out": os.path.join(os.path.dirname(os.path.abspath(source_path)), "qat")})
+    config, _ = resolve_config(argv, base=base)
+    if os.path.isfile(os.path.join(config.out, "last.pt")) and not overwrite:
+        raise ConfigError(f"{config.out} already holds a run (last.pt): continue it with --resume "
+                          f"{os.path.join(config.out, 'last.pt')}, or pass --overwrite / another --out")
+    return source, config
+
+
+def make_trainer(config, *, resume: dict | None, source: dict | None, qat: argparse.Namespace):
+    """An ordinary ``Trainer``, or a ``QATTrainer`` for ``--qat-from`` and for resuming a QAT checkpoint."""
+    if source is None and not (resume is not None and isinstance(resume.get("qat"), dict)):
+        from .engine import Trainer
+        return Trainer(config, resume=resume)
+    from .qat import QATTrainer
+    if source is not None:
+        return QATTrainer(config, source=source, source_path=qat.qat_from, calib_samples=qat.qat_calib_samples,
+                          distill=qat.qat_distill)
+    return QATTrainer(config, resume=resume)
