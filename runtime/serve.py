@@ -68,7 +68,21 @@ def find_tritonserver() -> TritonInstall:
     if not install.stub.is_file():
         have = sorted(p.name for p in (root / "python_backend_stubs").glob("*"))
         raise ServeError(f"nvidia-pytriton has no Python-backend stub for Python {version} (it has {', '.join(have)})")
+    if _libpython() is None:
+        raise ServeError(f"the Python backend's stub links libpython{version}.so, which this interpreter does not "
+                         "ship (a static build); use a Python built with --enable-shared")
     return install
+
+
+def _libpython() -> str | None:
+    """The shared libpython of this interpreter (its own LIBDIR first, so the stub matches the venv)."""
+    import ctypes.util
+
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    if libdir and (Path(libdir) / name).is_file():
+        return str(Path(libdir) / name)
+    return ctypes.util.find_library(f"python{sys.version_info.major}.{sys.version_info.minor}")
 
 
 def _site_dirs() -> list[str]:

@@ -103,9 +103,11 @@ def test_concurrent_clients_over_grpc_and_http_match_the_local_embedder(served, 
     modalities = ["visible" if i % 3 else "infrared" for i in range(len(crops))]
     want = local.embed(crops, modalities)
     requests_before, executions_before = _stats(served)
+    ready = threading.Barrier(8)
 
     def client(k: int) -> list[tuple[int, np.ndarray]]:
         embedder = TritonEmbedder(served.uri("grpc" if k % 2 else "http"), connect_timeout=20)
+        ready.wait(timeout=60)  # all cameras send at once, as frames arrive together
         out = []
         for start in range(k * 6, k * 6 + 6, 3):  # two requests of 3 crops each
             idx = list(range(start, start + 3))
@@ -225,3 +227,20 @@ def test_server_whose_model_fails_to_load_stops_with_the_reason(served, tmp_path
     kept = Path(str(info.value).rsplit("(log: ", 1)[1].rstrip(")"))  # the server's log is kept for the user
     assert "gone.onnx" in kept.read_text()
     kept.unlink()
+
+
+def test_throughput_benchmark_runs_and_writes_its_table_and_json(served, tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "-m", "admpff.runtime.triton_bench", str(served.model), "--clients", "1,2",
+                        "--requests", "2", "--crops", "2", "--rounds", "1", "--threads", "1", "--json", str(out)],
+                       capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(out.read_text())
+    rows = {(r["mode"], r["clients"]): r for r in report["results"]}
+    assert set(rows) == {(m, c) for m in ("in-process", "triton", "triton-nobatch") for c in (1, 2)}
+    for r in rows.values():
+        assert r["requests"] == 2 * r["clients"] and 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["crops_per_s"] > 0
+    assert "| 2 | triton | " in p.stdout and "vs no batching" in p.stdout
