@@ -80,8 +80,8 @@ def _client_module(protocol: str):
             import tritonclient.http as module
         from tritonclient.utils import InferenceServerException
     except ImportError as exc:
-        raise ModelLoadError(f"a {protocol}:// model needs tritonclient ({exc.name or exc} is missing): "
-                             "pip install 'admpff[serve]'") from None
+        missing = "it is not installed" if (exc.name or "tritonclient").startswith("tritonclient") else f"{exc.name} is missing"
+        raise ModelLoadError(f"a {protocol}:// model needs tritonclient ({missing}): pip install 'admpff[serve]'") from None
     return module, InferenceServerException
 
 
