@@ -152,6 +152,7 @@ Matrix Embedder::embed(const std::vector<cv::Mat>& crops, const std::vector<std:
       ++impl_->empty_crops;  // a zero row: cosine 0 with everything, so it never matches
       continue;
     }
+    validate_crop(crops[i], static_cast<long>(i));  // name a bad crop by its index in the caller's list
     valid.push_back(crops[i]);
     where.push_back(i);
     valid_codes.push_back(codes[i]);

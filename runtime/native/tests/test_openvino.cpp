@@ -78,7 +78,12 @@ TEST(OpenVino, EmptyListEmptyCropsAndBadArguments) {
   EXPECT_EQ(e.empty_crops(), 1u);
   EXPECT_THROW(e.embed(input, std::vector<std::string>{"visible"}), admpff::InvalidInputError);
   EXPECT_THROW(e.embed(input, "sonar"), admpff::InvalidInputError);
-  EXPECT_THROW(e.embed({cv::Mat(4, 4, CV_8UC2)}, "visible"), admpff::InvalidInputError);
+  try {
+    e.embed({cv::Mat(), input[0], cv::Mat(4, 4, CV_8UC2)}, "visible");
+    FAIL() << "a two-channel crop was accepted";
+  } catch (const admpff::InvalidInputError& exc) {
+    EXPECT_NE(std::string(exc.what()).find("crop #2 has 2 channels"), std::string::npos) << exc.what();
+  }
 }
 
 TEST(OpenVino, BadModelFiles) {
