@@ -320,6 +320,14 @@ def _check_arguments(args) -> Path:
                            "image tensor, so it runs single-input files")
     if args.triton_max_batch < 1 or args.triton_queue_delay_us < 0:
         raise CommandError("--triton-max-batch must be >= 1 and --triton-queue-delay-us >= 0")
+    from admpff.calibration.reader import modelopt_calibration_method, normalize_calibration_method
+    from admpff.calibration.sources import CalibrationError
+    try:
+        args.calib_method = normalize_calibration_method(args.calib_method)
+        if args.quantizer == "modelopt":
+            modelopt_calibration_method(args.calib_method)
+    except CalibrationError as exc:
+        raise CommandError(f"--calib-method {args.calib_method}: {exc}") from None
     out = prepare_output_dir(args.out, "--out")
     for flag, folder in (("--triton", args.triton), ("--deepstream", args.deepstream)):
         if folder:

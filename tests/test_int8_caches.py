@@ -144,6 +144,8 @@ def test_out_that_is_a_file_fails_before_any_work(tmp_path):
     assert taken.read_text() == "not a folder"
     p = _cli(tmp_path / "missing.pt", "--out", tmp_path / "o", "--calib-samples", "0")
     assert p.returncode == 2 and "--calib-samples must be >= 1" in p.stderr
+    p = _cli(tmp_path / "missing.pt", "--out", tmp_path / "o", "--quantizer", "modelopt")  # percentile by default
+    assert p.returncode == 2 and p.stderr.startswith("admpff-export: error: --calib-method percentile:"), p.stderr
 
 
 def test_export_help_shows_every_default():
