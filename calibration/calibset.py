@@ -111,7 +111,7 @@ class CalibrationSet:
                  "dataset": "the data set's cameras", "frame": "the frames (runtime rule, hysteresis)",
                  "colour": "a guess from each crop's colour (no better source)"}
         parts = [f"{names.get(k, k)}: {n}" for k, n in sorted(self.modality_from.items()) if n]
-        return "modality taken from " + ("; ".join(parts) if parts else "nowhere")
+        return f"modality of the {len(self)} crops taken from " + ("; ".join(parts) if parts else "nowhere")
 
     def modality_warnings(self) -> list[str]:
         """One line per source kind whose crops' colour disagrees with the modality it gave them."""
