@@ -23,8 +23,8 @@ def _param(config, key, default=""):
 
 
 def _array(tensor) -> np.ndarray:
-    """A request tensor as a numpy array (a copy: the stub's buffer is reused after the response)."""
-    return np.array(np.from_dlpack(tensor), copy=True)
+    """A request tensor as a numpy view of the stub's buffer (``execute`` concatenates, which copies)."""
+    return np.from_dlpack(tensor)
 
 
 class TritonPythonModel:
