@@ -156,9 +156,19 @@ class Backend:
     schemes: tuple[str, ...] = ()     # URL schemes of model URIs, e.g. "grpc"
     requires: str | None = None       # top-level module whose presence means "installed"
     threads_option: str | None = "threads"  # the keyword its class takes for a CPU thread count
+    probe: str | None = None          # "module:function(path) -> reason or None": files ``auto`` must not give it
 
     def installed(self) -> bool:
         return self.requires is None or importlib.util.find_spec(self.requires) is not None
+
+    def refuses(self, path: str | Path) -> str | None:
+        if not self.probe:
+            return None
+        module_name, _, function = self.probe.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), function)(path)
+        except ImportError:
+            return None
 
     def load_class(self) -> type[Embedder]:
         module_name, _, class_name = self.loader.partition(":")
@@ -169,12 +179,13 @@ _BACKENDS: dict[str, Backend] = {}
 
 
 def register_backend(name: str, *, loader: str, suffixes: Sequence[str] = (), schemes: Sequence[str] = (),
-                     requires: str | None = None, threads_option: str | None = "threads") -> Backend:
+                     requires: str | None = None, threads_option: str | None = "threads",
+                     probe: str | None = None) -> Backend:
     """Add (or replace) a backend.  ``loader`` is ``"module:Class"``; the class takes the model path or
     URI as its first argument and raises :class:`ModelLoadError` for anything it cannot run."""
     backend = Backend(name=name, loader=loader, suffixes=tuple(x.lower() for x in suffixes),
                       schemes=tuple(x.lower() for x in schemes), requires=requires,
-                      threads_option=threads_option)
+                      threads_option=threads_option, probe=probe)
     _BACKENDS[name] = backend
     return backend
 
@@ -188,7 +199,8 @@ def backends() -> dict[str, Backend]:
 register_backend("onnxruntime", loader="admpff.runtime.onnxruntime_backend:OnnxRuntimeEmbedder",
                  suffixes=(".onnx",), requires="onnxruntime")
 register_backend("openvino", loader="admpff.runtime.openvino_backend:OpenVINOEmbedder",
-                 suffixes=(".onnx", ".xml"), requires="openvino")
+                 suffixes=(".onnx", ".xml"), requires="openvino",
+                 probe="admpff.runtime.openvino_backend:unsupported_reason")
 register_backend("tensorrt", loader="admpff.runtime.tensorrt_backend:TensorRTEmbedder",
                  suffixes=(".engine", ".plan", ".trt"), requires="tensorrt", threads_option=None)
 # A model served by Triton Inference Server (admpff-serve, or an admpff-export --triton repository).
@@ -222,7 +234,8 @@ def choose_backend(path_or_uri: str | Path, backend: str = "auto", options: dict
     for its scheme; a suffix with one backend goes to it (``.engine`` -> TensorRT, ``.xml`` ->
     OpenVINO); for ``.onnx`` the rule is what measured fastest (README, "Backends"): ONNX Runtime when
     it has a GPU provider (TensorRT/CUDA), else OpenVINO on an x86 CPU when it is installed, else ONNX
-    Runtime.  Options only one candidate accepts (``providers=`` for ONNX Runtime, ``precision=`` for
+    Runtime; a file a backend's probe refuses (the QOperator CPU-INT8 file, for OpenVINO) goes to the
+    other.  Options only one candidate accepts (``providers=`` for ONNX Runtime, ``precision=`` for
     OpenVINO) narrow the choice to that candidate.
     """
     scheme = _scheme(path_or_uri)
@@ -252,6 +265,8 @@ def choose_backend(path_or_uri: str | Path, backend: str = "auto", options: dict
     if len(candidates) == 1:
         return candidates[0]
     installed = [b for b in candidates if b.installed()] or candidates
+    if len(installed) > 1:  # e.g. ONNX Runtime's QOperator CPU-INT8 file is not OpenVINO's to run
+        installed = [b for b in installed if not b.refuses(path_or_uri)] or installed
     specific = set(options or {}) - {"threads"}
     if specific:
         fitting = [b for b in installed if specific <= _accepted_options(b)]

@@ -26,7 +26,8 @@ from .atomic import atomic_write
 from .contract import ModelInfo
 from .embedder import Embedder, ModelLoadError
 
-__all__ = ["OpenVINOEmbedder", "PRECISIONS", "cpu_capabilities", "save_ir", "read_contract_metadata"]
+__all__ = ["OpenVINOEmbedder", "PRECISIONS", "cpu_capabilities", "save_ir", "read_contract_metadata",
+           "onnx_metadata", "unsupported_reason"]
 
 #: precision name -> OpenVINO's INFERENCE_PRECISION_HINT value (None: the plugin's default)
 PRECISIONS = {"auto": None, "f32": "f32", "bf16": "bf16", "f16": "f16"}
@@ -93,11 +94,82 @@ def _native_stderr_held_back():
             sys.stderr.write(text.decode(errors="replace"))
 
 
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("bad varint")
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` read straight from its protobuf top level (ModelProto field 14),
+    skipping the graph by its length: milliseconds for a 300 MB file, and no ``onnx`` package needed.
+    Returns {} for anything that does not parse (the real reader then reports the problem)."""
+    import mmap
+
+    props: dict[str, str] = {}
+    try:
+        with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            pos, end = 0, len(buf)
+            while pos < end:
+                key, pos = _varint(buf, pos)
+                field, wire = key >> 3, key & 7
+                if wire == 0:
+                    _, pos = _varint(buf, pos)
+                elif wire == 1:
+                    pos += 8
+                elif wire == 5:
+                    pos += 4
+                elif wire == 2:
+                    length, pos = _varint(buf, pos)
+                    if field == 14:  # StringStringEntryProto {1: key, 2: value}
+                        entry, epos, eend = {}, pos, pos + length
+                        while epos < eend:
+                            ekey, epos = _varint(buf, epos)
+                            elen, epos = _varint(buf, epos)
+                            entry[ekey >> 3] = bytes(buf[epos:epos + elen]).decode("utf-8", "replace")
+                            epos += elen
+                        props[entry.get(1, "")] = entry.get(2, "")
+                    pos += length
+                else:
+                    return {}
+                if pos > end:
+                    return {}
+    except (OSError, ValueError, IndexError):
+        return {}
+    return props
+
+
+#: admpff precisions OpenVINO cannot take: ONNX Runtime's QOperator CPU-INT8 file (QLinearConv with
+#: uint8 activations) crashes OpenVINO 2026.4's ONNX reader (a segmentation fault, checked), so it is refused
+#: before OpenVINO sees it; OpenVINO runs the Q/DQ file (.int8.onnx) in INT8 instead.
+NOT_FOR_OPENVINO = {"int8-cpu": "ONNX Runtime's QOperator CPU-INT8 file, which OpenVINO cannot read; run it "
+                                "with --backend onnxruntime, or give OpenVINO the Q/DQ file (.int8.onnx)"}
+
+
+def unsupported_reason(path: str | Path) -> str | None:
+    """Why OpenVINO must not be given this file (None: nothing known against it)."""
+    path = Path(path)
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return None
+    precision = onnx_metadata(path).get("admpff.precision")
+    return NOT_FOR_OPENVINO.get(precision or "")
+
+
 def _read_model(core, path: Path):
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
         raise ModelLoadError(f"cannot load {path.name}: its weights file {path.with_suffix('.bin').name} is missing")
+    reason = unsupported_reason(path)
+    if reason:
+        raise ModelLoadError(f"cannot load {path.name} with OpenVINO: it is {reason}")
     try:
         with _native_stderr_held_back():
             return core.read_model(str(path))

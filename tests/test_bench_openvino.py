@@ -96,3 +96,11 @@ def test_precision_the_cpu_lacks_is_one_line(tiny, tmp_path, capsys, monkeypatch
                        "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("admpff-bench: error: this CPU cannot run bf16") and err.count("\n") == 1
+
+
+def test_cpu_int8_file_gets_no_openvino_row_but_the_run_goes_on(tmp_path):
+    cpu_int8 = build_tiny_embedder(tmp_path / "m.cpu-int8.onnx", precision="int8-cpu")
+    plain = build_tiny_embedder(tmp_path / "m.onnx")
+    embedders = bench._load_models([str(plain), str(cpu_int8)], "auto", 1, ["onnxruntime", "openvino"], ["f32"])
+    assert [(e.path.name, bench.backend_name(e)) for e in embedders] == [
+        ("m.onnx", "ort-cpu"), ("m.onnx", "openvino-f32"), ("m.cpu-int8.onnx", "ort-cpu")]

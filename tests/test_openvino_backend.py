@@ -130,3 +130,21 @@ def test_precisions_and_devices(tiny, monkeypatch):
     with pytest.raises(ModelLoadError, match=r"this CPU cannot run bf16: OpenVINO reports capabilities FP32, INT8"):
         load_embedder(tiny, backend="openvino", precision="bf16")
     assert load_embedder(tiny, backend="openvino", precision="f32").inference_precision == "f32"
+
+
+def test_qoperator_cpu_int8_file_is_refused_before_openvino_reads_it(tmp_path):
+    """OpenVINO 2026.4's ONNX reader crashes (SIGSEGV) on ONNX Runtime's QOperator CPU-INT8 file, so the
+    file's own metadata (read without onnx) keeps it away: a one-line error, and auto picks ONNX Runtime."""
+    import onnx
+
+    from admpff.runtime.embedder import choose_backend
+    from admpff.runtime.openvino_backend import onnx_metadata
+
+    cpu_int8 = build_tiny_embedder(tmp_path / "m.cpu-int8.onnx", precision="int8-cpu")
+    assert onnx_metadata(cpu_int8) == {p.key: p.value for p in onnx.load(str(cpu_int8)).metadata_props}
+    assert onnx_metadata(tmp_path / "absent.onnx") == {}
+    with pytest.raises(ModelLoadError, match=r"cannot load m\.cpu-int8\.onnx with OpenVINO: it is ONNX Runtime's "
+                                             r"QOperator CPU-INT8 file.*--backend onnxruntime"):
+        load_embedder(cpu_int8, backend="openvino")
+    assert choose_backend(cpu_int8).name == "onnxruntime"
+    assert type(load_embedder(cpu_int8)).__name__ == "OnnxRuntimeEmbedder"
