@@ -78,8 +78,14 @@ def _contract(onnx_path: Path) -> tuple[InputContract, str]:
     return InputContract.from_json(meta[CONTRACT_KEY]), meta["admpff.fixed_modality"]
 
 
+_ENGINE_MODE = {"fp32": "fp32", "fp16": "fp16", "int8-qdq": "int8", "int8-fp16": "int8"}
+
+
 def _engine_name(onnx_name: str, batch: int, precision: str, plugin: str) -> str:
-    return f"{onnx_name}_b{batch}_gpu0_{precision}.{plugin}.engine"
+    """nvinfer's own name for the engine it serialises (``<onnx>_b<batch>_gpu0_<mode>.engine``), so a second
+    start reuses it; the tracker's engine gets a ``.tracker`` tag so the two never overwrite each other."""
+    mode = _ENGINE_MODE[precision]
+    return f"{onnx_name}_b{batch}_gpu0_{mode}.engine" if plugin == "sgie" else f"{onnx_name}_b{batch}_gpu0_{mode}.tracker.engine"
 
 
 def tracker_reid_values(contract: InputContract, precision: str, onnx_name: str, batch: int,
@@ -221,8 +227,10 @@ Each model takes one input, `images` (float32 NCHW 3x{contract.height}x{contract
 graph), so the configs use offsets 0, scale factor 1, RGB, no aspect-ratio padding. One file per modality:
 the tracker and nvinfer feed one tensor, so a visible camera and an infrared camera each get their own
 file (a DeepStream pipeline per camera type, or per-source `sub-batches` with their own tracker config).
-Engines are built by DeepStream on first run at batch {batch} and written next to the configs; they are
-tied to the device and TensorRT version, so rebuild them after a JetPack upgrade (delete the `.engine`).
+DeepStream builds each engine from the ONNX on first run when the engine file is absent (batch {batch});
+nvinfer saves it under its own `<onnx>_b<batch>_gpu0_<mode>.engine` name, which the SGIE config already
+points at, so later starts reuse it. Engines are tied to the device and TensorRT version: delete the
+`.engine` files after a JetPack upgrade.
 
 ## Option A: re-ID inside the tracker (Gst-nvtracker)
 

@@ -163,7 +163,6 @@ class TritonServer:
         libdirs = [str(self.install.libs), sysconfig.get_config_var("LIBDIR") or ""]
         env["LD_LIBRARY_PATH"] = os.pathsep.join([d for d in libdirs if d] + [env.get("LD_LIBRARY_PATH", "")]).strip(os.pathsep)
         env["PYTHONHOME"] = sys.base_prefix
-        env.pop("PYTHONPATH", None)
         return env
 
     def command(self) -> list[str]:
