@@ -123,6 +123,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every setting with both tools")
     ap.add_argument("--iters", type=int, default=20, help="timed inferences per run")
     ap.add_argument("--warmup", type=int, default=3, help="admpff-native's untimed runs (benchmark_app warms up once)")
+    ap.add_argument("--settings", default=",".join(f"{f}/{p}" for f, p in SETTINGS),
+                    help="FILE/PRECISION pairs to run, FILE being fp32 or int8-qdq")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "native" / "bench_vs_benchmark_app.json")
     a = ap.parse_args(argv)
     if a.make_models:
@@ -137,9 +139,13 @@ def main(argv=None) -> int:
     if not NATIVE.is_file():
         ap.error(f"{NATIVE} not found: run `make native`")
     files = {"fp32": fp32, "int8-qdq": int8}
+    settings = [tuple(item.split("/", 1)) for item in a.settings.split(",") if item]
+    if not settings or any(len(s) != 2 or s[0] not in files or s[1] not in ("f32", "bf16", "f16", "auto")
+                           for s in settings):
+        ap.error(f"--settings: expected FILE/PRECISION pairs such as fp32/f32,int8-qdq/auto, got {a.settings!r}")
     hw = model_shape(fp32)
-    runs = {s: {"native": [], "benchmark_app": []} for s in SETTINGS}
-    jobs = [(r, s) for r in range(a.rounds) for s in SETTINGS]
+    runs = {s: {"native": [], "benchmark_app": []} for s in settings}
+    jobs = [(r, s) for r in range(a.rounds) for s in settings]
     for r, setting in tqdm(jobs, desc="bench", unit="setting"):
         file_kind, precision = setting
         order = ["native", "benchmark_app"] if r % 2 == 0 else ["benchmark_app", "native"]
@@ -151,7 +157,7 @@ def main(argv=None) -> int:
                 runs[setting][who].append(run_benchmark_app(tool, files[file_kind], precision, a.batch, a.threads,
                                                             a.iters, hw))
     rows = []
-    for setting in SETTINGS:
+    for setting in settings:
         nat = statistics.median(x["median_ms"] for x in runs[setting]["native"])
         ref = statistics.median(x["median_ms"] for x in runs[setting]["benchmark_app"])
         rows.append({"file": setting[0], "precision": setting[1], "batch": a.batch, "threads": a.threads,
