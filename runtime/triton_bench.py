@@ -91,9 +91,25 @@ def run_clients(make_embedder, clients: int, requests: int, crops: list[np.ndarr
 def summarize(runs: list[dict]) -> dict:
     lat = np.concatenate([np.asarray(r["latencies"]) for r in runs]) * 1000.0
     throughput = [r["crops"] / r["wall"] for r in runs]
-    return {"requests": int(lat.size), "median_ms": float(np.median(lat)), "p90_ms": float(np.percentile(lat, 90)),
-            "p99_ms": float(np.percentile(lat, 99)), "crops_per_s": float(np.median(throughput)),
-            "crops_per_s_runs": [round(t, 2) for t in throughput]}
+    out = {"requests": int(lat.size), "median_ms": float(np.median(lat)), "p90_ms": float(np.percentile(lat, 90)),
+           "p99_ms": float(np.percentile(lat, 99)), "crops_per_s": float(np.median(throughput)),
+           "crops_per_s_runs": [round(t, 2) for t in throughput]}
+    per_exec = [r["crops_per_execution"] for r in runs if "crops_per_execution" in r]
+    if per_exec:
+        out["crops_per_execution"] = float(np.mean(per_exec))
+    return out
+
+
+def _server_counts(grpc_port: int):
+    """A function returning {model: (inferences, executions)} from the server's statistics."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+
+    def counts() -> dict[str, tuple[int, int]]:
+        stats = client.get_inference_statistics(as_json=True).get("model_stats", [])
+        return {s["name"]: (int(s.get("inference_count", 0)), int(s.get("execution_count", 0))) for s in stats}
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,11 +167,19 @@ def main(argv=None) -> int:
                     "triton-nobatch": lambda: TritonEmbedder(f"{args.protocol}://127.0.0.1:{port}/admpff_nobatch"),
                 }
                 runs = {(m, c): [] for m in MODES for c in clients}
+                counts = _server_counts(server.grpc_port)
                 for r in range(args.rounds):
                     for c in clients:
                         order = MODES if r % 2 == 0 else tuple(reversed(MODES))
                         for mode in order:
+                            before = counts()
                             runs[(mode, c)].append(run_clients(makers[mode], c, args.requests, crops, args.crops))
+                            after = counts()
+                            model = {"triton": "admpff", "triton-nobatch": "admpff_nobatch"}.get(mode)
+                            if model:  # crops per model execution, from the server's own statistics
+                                crops_run = after[model][0] - before[model][0]
+                                executions = after[model][1] - before[model][1]
+                                runs[(mode, c)][-1]["crops_per_execution"] = crops_run / max(executions, 1)
                             s = runs[(mode, c)][-1]
                             print(f"  round {r + 1}/{args.rounds} {mode:<15} {c:>3} clients: "
                                   f"{s['crops'] / s['wall']:7.1f} crops/s", flush=True)
@@ -186,13 +210,14 @@ def _write_json(args, results: list[dict]) -> None:
 def print_table(results: list[dict]) -> None:
     base = {r["clients"]: r["crops_per_s"] for r in results if r["mode"] == "in-process"}
     nobatch = {r["clients"]: r["crops_per_s"] for r in results if r["mode"] == "triton-nobatch"}
-    print(f"\n| clients | mode | median ms | p90 ms | p99 ms | crops/s | vs in-process | vs no batching |")
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"\n| clients | mode | median ms | p90 ms | p99 ms | crops/s | vs in-process | vs no batching | crops per model run |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in results:
         c = r["clients"]
         vs_nb = f"{r['crops_per_s'] / nobatch[c]:.2f}x" if r["mode"] == "triton" else ""
+        per_run = f"{r['crops_per_execution']:.1f}" if "crops_per_execution" in r else ""
         print(f"| {c} | {r['mode']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['crops_per_s']:.1f} | {r['crops_per_s'] / base[c]:.2f}x | {vs_nb} |")
+              f"{r['crops_per_s']:.1f} | {r['crops_per_s'] / base[c]:.2f}x | {vs_nb} | {per_run} |")
 
 
 def _cpu() -> str:

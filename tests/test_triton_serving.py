@@ -243,4 +243,7 @@ def test_throughput_benchmark_runs_and_writes_its_table_and_json(served, tmp_pat
     for r in rows.values():
         assert r["requests"] == 2 * r["clients"] and 0 < r["median_ms"] <= r["p90_ms"] <= r["p99_ms"]
         assert r["crops_per_s"] > 0
+        if r["mode"] != "in-process":  # the server's own count: each execution runs >= 1 request of 2 crops
+            assert r["crops_per_execution"] >= 2
+    assert rows[("triton-nobatch", 2)]["crops_per_execution"] == 2  # no batching: one request (2 crops) per run
     assert "| 2 | triton | " in p.stdout and "vs no batching" in p.stdout
