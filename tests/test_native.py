@@ -27,7 +27,7 @@ from admpff.runtime.gallery import Gallery
 from admpff.runtime.matching import Matcher
 from admpff.runtime.preprocess import crops_to_batch
 
-from _tiny_model import build_tiny_embedder
+from _tiny_model import build_tiny_embedder, build_tiny_yolo
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = Path(os.environ.get("ADMPFF_NATIVE_BUILD", ROOT / "build" / "native"))
@@ -238,6 +238,7 @@ def bad_inputs(tmp_path_factory):
     image = d / "person.png"
     cv2.imwrite(str(image), np.full((64, 32, 3), 120, np.uint8))
     (d / "garbage.onnx").write_bytes(b"\x00garbage, not a protobuf" * 10)
+    build_tiny_yolo(d / "foreign.onnx", np.zeros((1, 6, 4), np.float32))  # a real ONNX without the admpff contract
     (d / "empty.png").write_bytes(b"")
     (d / "text.jpg").write_text("not an image")
     (d / "nosidecar.engine").write_bytes(b"plan")
@@ -254,6 +255,8 @@ BAD_CASES = {
                       "model file not found"),
     "garbage model": (["embed", "--model", "{d}/garbage.onnx", "--modality", "visible", "--out", "{d}/e.npy", "{img}"],
                       "cannot load garbage.onnx"),
+    "model without contract": (["embed", "--model", "{d}/foreign.onnx", "--modality", "visible", "--out",
+                                "{d}/e.npy", "{img}"], "carries no admpff contract"),
     "unsupported suffix": (["embed", "--model", "{d}/person.png", "--modality", "visible", "--out", "{d}/e.npy",
                             "{img}"], "unsupported model file"),
     "engine without sidecar": (["embed", "--model", "{d}/nosidecar.engine", "--modality", "visible", "--out",
@@ -288,7 +291,7 @@ BAD_CASES = {
 def test_bad_input_is_one_line_and_a_nonzero_exit(bad_inputs, case):
     d, model, image = bad_inputs
     args, expected = BAD_CASES[case]
-    if "{model}" in " ".join(args) and not _has_openvino_backend():
+    if ("{model}" in " ".join(args) or "foreign" in " ".join(args)) and not _has_openvino_backend():
         pytest.skip("needs the OpenVINO backend to open the model")
     argv = [a.format(d=d, model=model, img=image) for a in args]
     p = run_native(*argv, check=False)
