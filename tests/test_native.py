@@ -239,6 +239,7 @@ def bad_inputs(tmp_path_factory):
     cv2.imwrite(str(image), np.full((64, 32, 3), 120, np.uint8))
     (d / "garbage.onnx").write_bytes(b"\x00garbage, not a protobuf" * 10)
     build_tiny_yolo(d / "foreign.onnx", np.zeros((1, 6, 4), np.float32))  # a real ONNX without the admpff contract
+    build_tiny_embedder(d / "m.cpu-int8.onnx", precision="int8-cpu")  # marked as ORT's QOperator file
     (d / "empty.png").write_bytes(b"")
     (d / "text.jpg").write_text("not an image")
     (d / "nosidecar.engine").write_bytes(b"plan")
@@ -257,6 +258,9 @@ BAD_CASES = {
                       "cannot load garbage.onnx"),
     "model without contract": (["embed", "--model", "{d}/foreign.onnx", "--modality", "visible", "--out",
                                 "{d}/e.npy", "{img}"], "carries no admpff contract"),
+    # OpenVINO's ONNX reader crashes on ONNX Runtime's QOperator CPU-INT8 files: refused from the metadata.
+    "ONNX Runtime CPU-INT8 file": (["embed", "--model", "{d}/m.cpu-int8.onnx", "--modality", "visible", "--out",
+                                    "{d}/e.npy", "{img}"], "QOperator CPU-INT8 file"),
     "unsupported suffix": (["embed", "--model", "{d}/person.png", "--modality", "visible", "--out", "{d}/e.npy",
                             "{img}"], "unsupported model file"),
     "engine without sidecar": (["embed", "--model", "{d}/nosidecar.engine", "--modality", "visible", "--out",
@@ -291,7 +295,7 @@ BAD_CASES = {
 def test_bad_input_is_one_line_and_a_nonzero_exit(bad_inputs, case):
     d, model, image = bad_inputs
     args, expected = BAD_CASES[case]
-    if ("{model}" in " ".join(args) or "foreign" in " ".join(args)) and not _has_openvino_backend():
+    if any(k in " ".join(args) for k in ("{model}", "foreign", "cpu-int8")) and not _has_openvino_backend():
         pytest.skip("needs the OpenVINO backend to open the model")
     argv = [a.format(d=d, model=model, img=image) for a in args]
     p = run_native(*argv, check=False)

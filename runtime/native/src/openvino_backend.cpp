@@ -8,6 +8,7 @@
 
 #include "admpff/error.hpp"
 #include "backend.hpp"
+#include "onnx_metadata.hpp"
 #include "pyrepr.hpp"
 
 namespace admpff::detail {
@@ -137,6 +138,11 @@ class OpenVinoBackend final : public Backend {
   std::shared_ptr<ov::Model> read(const std::string& path) {
     const std::string suffix = path.size() >= 5 ? path.substr(path.size() - 5) : "";
     if (suffix != ".onnx" && suffix != ".ONNX") return core_.read_model(path);
+    // ONNX Runtime's QOperator CPU-INT8 file (QLinearConv with uint8 activations) crashes OpenVINO 2026.4's ONNX
+    // reader with a segmentation fault (checked), so it is refused from its metadata before OpenVINO sees it.
+    if (onnx_metadata(path)["admpff.precision"] == "int8-cpu")
+      throw ModelLoadError("cannot load " + name_ + " with OpenVINO: it is ONNX Runtime's QOperator CPU-INT8 file, "
+                           "which OpenVINO cannot read; give OpenVINO the Q/DQ file (.int8.onnx)");
     ov::frontend::FrontEndManager manager;
     const auto frontend = manager.load_by_framework("onnx");
     if (!frontend || !frontend->supported(path))
