@@ -488,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma list of backends every file runs on: auto (load_embedder's choice), onnxruntime, "
                          "openvino (default auto)")
     ap.add_argument("--precision", default="auto", metavar="LIST",
-                    help="OpenVINO inference precisions, comma list of auto (the CPU's default), f32, bf16, f16: "
-                         "one OpenVINO row each (default auto)")
+                    help="OpenVINO inference precisions, comma list of auto (bf16 where the CPU has AMX, else f32), "
+                         "default (the CPU plugin's own choice), f32, bf16, f16: one OpenVINO row each (default auto)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="time every model in turn this many times and pool the calls (default 1)")
     ap.add_argument("--benchmark-app", action="store_true",
@@ -594,7 +594,7 @@ def run(args) -> tuple[dict, dict]:
     if args.rounds < 1:
         raise BenchError(f"--rounds must be >= 1, got {args.rounds}")
     backends = parse_choices(args.backend, ("auto", "onnxruntime", "openvino"), "--backend")
-    precisions = parse_choices(args.precision, ("auto", "f32", "bf16", "f16"), "--precision")
+    precisions = parse_choices(args.precision, ("auto", "default", "f32", "bf16", "f16"), "--precision")
     if args.accuracy:
         check_accuracy_spec(args.accuracy)
     for p in args.models:  # fail before anything heavy runs

@@ -211,7 +211,7 @@ class SsdLiteDetector:
         except ImportError:
             raise DetectorError("the SSDLite detector runs through OpenVINO, which is not installed "
                                 "(pip install openvino)") from None
-        from .openvino_backend import PRECISIONS, _first_line, _native_stderr_held_back
+        from .openvino_backend import PRECISIONS, _first_line, _native_stderr_held_back, resolve_precision
 
         if precision not in PRECISIONS:
             raise DetectorError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -243,8 +243,9 @@ class SsdLiteDetector:
             config = {"PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
-            if PRECISIONS[precision]:
-                config["INFERENCE_PRECISION_HINT"] = PRECISIONS[precision]
+            hint = resolve_precision(precision, device)
+            if hint:
+                config["INFERENCE_PRECISION_HINT"] = hint
             self.compiled = core.compile_model(model, device, config)
         except DetectorError:
             raise

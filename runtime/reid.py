@@ -527,8 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--backend", default="auto", choices=BACKEND_CHOICES,
                     help="inference backend for --model; auto: TensorRT for engines, else ONNX Runtime with a GPU "
                          "provider, else OpenVINO on x86 CPUs, else ONNX Runtime (README, Backends)")
-    ap.add_argument("--precision", default=None, choices=("auto", "f32", "bf16", "f16"),
-                    help="OpenVINO inference precision (default auto: the CPU's own, bf16 where it has it)")
+    ap.add_argument("--precision", default=None, choices=("auto", "default", "f32", "bf16", "f16"),
+                    help="OpenVINO inference precision (default auto: bf16 where the CPU has AMX, else f32; "
+                         "default: the CPU plugin's own choice)")
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU threads for the embedding backend and the SSDLite detector (default: all cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")

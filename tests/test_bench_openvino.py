@@ -77,7 +77,7 @@ def test_parse_benchmark_app_report():
 
 
 @pytest.mark.parametrize("flag, value, message", [
-    ("--precision", "int4", "--precision: 'int4' is not one of auto, f32, bf16, f16"),
+    ("--precision", "int4", "--precision: 'int4' is not one of auto, default, f32, bf16, f16"),
     ("--backend", "tflite", "--backend: 'tflite' is not one of auto, onnxruntime, openvino"),
     ("--rounds", "0", "--rounds must be >= 1, got 0"),
 ])

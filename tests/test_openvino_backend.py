@@ -45,11 +45,22 @@ def test_f32_matches_onnx_runtime_and_reads_the_contract(tiny, reference):
 
 
 def test_cpu_default_precision_stays_close(tiny, reference):
-    emb = load_embedder(tiny, backend="openvino")  # precision auto: bf16 where the CPU has it
+    emb = load_embedder(tiny, backend="openvino", precision="default")  # the plugin's own choice
     assert emb.inference_precision in ("f32", "bf16", "f16")
     crops = _crops(8, seed=1)
     cos = np.sum(emb.embed(crops, "visible") * reference.embed(crops, "visible"), axis=1)
     assert cos.min() > 0.999
+
+
+def test_auto_precision_is_bf16_only_with_amx(tiny, monkeypatch):
+    from admpff.runtime import openvino_backend
+
+    plugin_default = load_embedder(tiny, backend="openvino", precision="default").inference_precision
+    monkeypatch.setattr(openvino_backend, "cpu_has_amx", lambda: False)
+    assert load_embedder(tiny, backend="openvino").inference_precision == "f32"
+    monkeypatch.setattr(openvino_backend, "cpu_has_amx", lambda: True)
+    assert load_embedder(tiny, backend="openvino").inference_precision == plugin_default
+    assert openvino_backend.resolve_precision("auto", "GPU") is None
 
 
 def test_dynamic_batch_rows_do_not_depend_on_the_batch(tiny):
@@ -119,7 +130,7 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
 def test_precisions_and_devices(tiny, monkeypatch):
     from admpff.runtime import openvino_backend
 
-    with pytest.raises(ModelLoadError, match="unknown OpenVINO precision 'int4'; choose from auto, f32, bf16, f16"):
+    with pytest.raises(ModelLoadError, match="unknown OpenVINO precision 'int4'; choose from auto, default, f32, bf16, f16"):
         load_embedder(tiny, backend="openvino", precision="int4")
     with pytest.raises(ModelLoadError, match="OpenVINO has no device 'NPU7'"):
         load_embedder(tiny, backend="openvino", device="NPU7")
