@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import signal
+
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the server's context manager stops it.
+    signal.signal(signal.SIGTERM, _interrupt)
     from .embedder import ModelLoadError, load_embedder
     from .serve import ServeError, TritonServer, write_python_repository
 
@@ -190,10 +194,18 @@ def main(argv=None) -> int:
     except (CommandError, ModelLoadError, ServeError, ValueError) as exc:
         print(f"triton_bench: error: {exc}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("triton_bench: interrupted; the server was stopped" + (f", figures so far in {args.json}" if args.json else ""),
+              file=sys.stderr)
+        return 130
     print_table(results)
     if args.json:
         print(f"wrote {args.json}")
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _write_json(args, results: list[dict]) -> None:
