@@ -166,14 +166,17 @@ Gallery Gallery::load(const std::string& path, const std::optional<std::string>&
   // Rows grouped by person, in person order (what Gallery.matrix() gives after load).
   const std::size_t cols = emb.shape[1];
   g.embeddings_.cols = cols;
-  for (std::size_t p = 0; p < names.size(); ++p)
-    for (std::size_t r = 0; r < owner_values.size(); ++r)
-      if (owner_values[r] == static_cast<int64_t>(p)) {
-        g.embeddings_.data.insert(g.embeddings_.data.end(), values.begin() + static_cast<std::ptrdiff_t>(r * cols),
-                                  values.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols));
-        g.owner_.push_back(static_cast<int>(p));
-        g.modality_.push_back(static_cast<int>(mod_values[r]));
-      }
+  std::vector<std::size_t> order(owner_values.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return owner_values[a] < owner_values[b]; });
+  g.embeddings_.data.reserve(values.size());
+  for (const std::size_t r : order) {
+    g.embeddings_.data.insert(g.embeddings_.data.end(), values.begin() + static_cast<std::ptrdiff_t>(r * cols),
+                              values.begin() + static_cast<std::ptrdiff_t>((r + 1) * cols));
+    g.owner_.push_back(static_cast<int>(owner_values[r]));
+    g.modality_.push_back(static_cast<int>(mod_values[r]));
+  }
   g.embeddings_.rows = g.owner_.size();
   return g;
 }
