@@ -131,7 +131,7 @@ def main(argv=None) -> int:
         qat = out / "qat"
         demo.step("quantization-aware fine-tuning for INT8 (TensorRT's Q/DQ scheme, learned scales)",
                   _tool("train") + ["--qat-from", str(ckpt), "--data", str(data), "--out", str(qat), "--epochs", "1",
-                                    "--max-steps-per-epoch", "3", "--lr", "0.001", "--qat-calib-samples", "64",
+                                    "--max-steps-per-epoch", "3", "--qat-calib-samples", "64",
                                     "--no-tensorboard", "--overwrite", "--workers", "0"])
         ckpt = qat / "last.pt"
     # 4. export

@@ -246,7 +246,7 @@ def next_steps_message(args, reports, *, qat: bool) -> str:
                                 + ["--auto-float", str(max(8, 2 * int(getattr(args, "auto_float", 4) or 4)))]),
              "  3. quantization-aware fine-tuning (full INT8 speed; minutes on a GPU), then export its checkpoint:",
              f"     admpff-train --qat-from {q(ckpt)} --dataset {q(str(dataset))} --data {q(str(data))} "
-             f"--out {q(qat_dir)} --lr 0.001",
+             f"--out {q(qat_dir)}",
              "     " + " ".join(q(a) for a in ["admpff-export", str(Path(qat_dir) / "last.pt")] + export[2:] + calib + verify),
              ""]
     return "\n".join(lines)

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 QAT_FORMAT_VERSION = 1
 ACT_QMIN, ACT_QMAX = -128, 127        # activations: signed int8, symmetric scale (amax / 127)
 WEIGHT_QMAX = 127                     # weights: [-127, 127] (TensorRT's symmetric weight range)
-CALIB_PERCENTILE = 99.99              # per-batch |x| percentile, averaged over the calibration batches
+CALIB_PERCENTILE = 99.999             # per-batch |x| percentile, averaged over the calibration batches
 SCHEME = {"dtype": "int8", "symmetric": True, "weights": "per-channel axis 0, [-127, 127]",
           "activations": "per-tensor, [-128, 127]", "residual_add": "identity input quantized",
           "head": "float", "batch_norm": "folded", "scales": "activations learned (LSQ), weights max|w|/127"}
@@ -398,6 +398,7 @@ class QATTrainer(Trainer):
         if resume is None:
             seen = calibrate(self.model, _calibration_batches(self, calib_samples, 2 * config.batch_p * config.batch_k))
             self.qat["calibration"]["samples"] = seen
+            self.qat["calibrated_scales"] = {n: float(p.detach()) for n, p in _named_scales(self.model)}
             log.info("QAT: %d convolutions and %d residual inputs fake-quantized, scales calibrated on %d "
                      "training images", len(quantized_convs(self.model)),
                      len(quantizers(self.model)) - len(quantized_convs(self.model)), seen)
