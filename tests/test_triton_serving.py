@@ -4,6 +4,7 @@ batching, one-line errors, a server that drops mid-run, and admpff-serve's start
 Every server is bounded in time and stopped by the test."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -247,3 +248,30 @@ def test_throughput_benchmark_runs_and_writes_its_table_and_json(served, tmp_pat
             assert r["crops_per_execution"] >= 2
     assert rows[("triton-nobatch", 2)]["crops_per_execution"] == 2  # no batching: one request (2 crops) per run
     assert "| 2 | triton | " in p.stdout and "vs no batching" in p.stdout
+
+
+def test_server_does_not_outlive_a_killed_parent(served, tmp_path):
+    """A parent killed outright (timeout -s KILL, the OOM killer) runs no cleanup: the server must still go."""
+    grpc_port, http_port = free_ports(2)
+    script = (f"import sys, time\nfrom admpff.runtime.serve import TritonServer\n"
+              f"s = TritonServer({str(served.repo)!r}, grpc_port={grpc_port}, http_port={http_port}, startup_timeout=60)\n"
+              f"s.start()\nprint('up', s.process.pid, flush=True)\ntime.sleep(300)\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # the killed parent cannot remove its work folder
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = parent.stdout.readline()
+        assert line.startswith("up"), line
+        server_pid = int(line.split()[1])
+    finally:
+        parent.kill()
+        parent.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(server_pid, signal.SIGKILL)
+        pytest.fail("tritonserver outlived its killed parent")
