@@ -307,11 +307,12 @@ class DistillingModel(nn.Module):
 
 
 class DistilledMGJLoss(nn.Module):
-    """MGJ loss + ``weight`` x (1 - cosine) between the student's and the teacher's test embeddings."""
+    """``mgj_weight`` x MGJ loss + ``weight`` x (1 - cosine) between the student's and the teacher's test
+    embeddings.  The MGJ terms are always computed and logged."""
 
-    def __init__(self, mgj: nn.Module, weight: float):
+    def __init__(self, mgj: nn.Module, weight: float, mgj_weight: float = 1.0):
         super().__init__()
-        self.mgj, self.weight = mgj, float(weight)
+        self.mgj, self.weight, self.mgj_weight = mgj, float(weight), float(mgj_weight)
 
     def forward(self, output: dict, labels: torch.Tensor, modality: torch.Tensor):
         teacher = output.get("teacher")
@@ -323,7 +324,7 @@ class DistilledMGJLoss(nn.Module):
         target = torch.cat([teacher[n] for n in names], 1)
         distill = (1.0 - F.cosine_similarity(student, target, dim=1)).mean()
         terms = dict(terms, **{"qat/distill": distill.detach()})
-        return loss + self.weight * distill, terms
+        return self.mgj_weight * loss + self.weight * distill, terms
 
 
 def _calibration_batches(trainer, samples: int, batch: int):
@@ -358,7 +359,7 @@ class QATTrainer(Trainer):
 
     def __init__(self, config, *, source: dict | None = None, source_path: str | None = None,
                  resume: dict | None = None, calib_samples: int = 256, distill: float = 1.0,
-                 train_head: bool = False, progress: bool | None = None):
+                 train_head: bool = False, mgj_weight: float = 0.0, progress: bool | None = None):
         from .checkpoint import build_model_from_checkpoint
         from .model import build_model
 
@@ -379,7 +380,7 @@ class QATTrainer(Trainer):
             "source": os.path.abspath(source_path) if source_path else None,
             "source_sha256": file_sha256(source_path) if source_path else None,
             "calibration": {"split": "train", "samples": int(calib_samples), "percentile": CALIB_PERCENTILE},
-            "distill": float(distill), "train_head": bool(train_head)}
+            "distill": float(distill), "train_head": bool(train_head), "mgj_weight": float(mgj_weight)}
         self.qat = settings
         self.model_config = self.model_config.__class__.from_dict(dict(origin["config"]["model"], pretrained=None))
         if resume is None:
@@ -409,7 +410,7 @@ class QATTrainer(Trainer):
             teacher = self._resume_teacher(settings)
         if self.qat["distill"] > 0 and teacher is not None:
             self.train_model = DistillingModel(self.model, teacher.to(self.device))
-            self.criterion = DistilledMGJLoss(self.criterion, self.qat["distill"])
+            self.criterion = DistilledMGJLoss(self.criterion, self.qat["distill"], self.qat.get("mgj_weight", 1.0))
         else:
             self.train_model = self.model
         if self.dist.enabled:
