@@ -16,9 +16,11 @@ Fake quantization is PyTorch's own (``torch.fake_quantize_per_tensor_affine`` /
 ``torch.fake_quantize_per_channel_affine`` in the exported graph, which the ONNX exporter turns into
 QuantizeLinear/DequantizeLinear).  Activation scales start from a percentile calibration on the
 training split and are then learned (LSQ: straight-through rounding, the scale's gradient scaled by
-1/sqrt(numel * 127)); weight scales follow the weights.  The fine-tuning loss is the MGJ loss, plus
-(``--qat-distill``, default 1) the cosine distance of the quantized embedding to the frozen FP32 source
-model's, which keeps the INT8 model close to the model it replaces.
+1/sqrt(numel * 127)); weight scales follow the weights.  The fine-tuning loss is the cosine distance of
+the quantized embedding to the frozen FP32 source model's (``--qat-distill``, default 1), which keeps the
+INT8 model close to the model it replaces; the MGJ loss is computed and logged and weighted by
+``--qat-mgj-weight`` (default 0: on a briefly trained model with folded BNs it moved the weights far from
+the FP32 model even at lr 1e-5).  The float embedding head is frozen.
 
 Everything else is ordinary training (``engine.Trainer``): sampler, logs (``train_log.jsonl``,
 TensorBoard), progress bars, atomic ``last.pt`` every epoch, exact ``--resume``.  The checkpoint is an
