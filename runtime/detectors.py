@@ -128,6 +128,11 @@ class HOGPersonDetector:
         if self.max_width and w > self.max_width:
             factor = self.max_width / w
             img = cv2.resize(frame, (self.max_width, max(1, round(h * factor))), interpolation=cv2.INTER_AREA)
+        win_w, win_h = self.hog.winSize
+        if img.shape[1] < win_w or img.shape[0] < win_h:
+            # OpenCV's detectMultiScale kills the process (SIGSEGV) on an image smaller than its
+            # window; no person fits there anyway.
+            return empty_detections()
         rects, weights = self.hog.detectMultiScale(img, hitThreshold=self.hit_threshold,
                                                    winStride=self.win_stride, padding=self.padding,
                                                    scale=self.scale)

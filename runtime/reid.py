@@ -463,11 +463,12 @@ def _tracker_for(detector, args) -> Tracker:
 
 def _detector_options(args) -> dict:
     spec = str(args.detector).strip().lower()
+    # Checked whichever detector runs, so a bad value never waits for the day HOG is the fallback.
+    if not args.hog_scale > 1.0:
+        raise ValueError(f"--hog-scale must be above 1.0 (the pyramid step), got {args.hog_scale}")
     if spec == "auto":
         spec = default_detector()
     if spec in ("", "hog"):
-        if not args.hog_scale > 1.0:
-            raise ValueError(f"--hog-scale must be above 1.0 (the pyramid step), got {args.hog_scale}")
         return {"scale": args.hog_scale}
     options = {}
     if spec == "ssdlite" or spec.endswith(".pb"):

@@ -100,7 +100,8 @@ def test_summary_hints_at_detect_every_only_when_detection_holds_a_camera_back()
 
 def test_detect_every_and_hog_scale_are_checked(model):
     for flags, words in ((["--detect-every", "0"], "--detect-every must be >= 1"),
-                         (["--detector", "hog", "--hog-scale", "1.0"], "--hog-scale must be above 1.0")):
+                         (["--detector", "hog", "--hog-scale", "1.0"], "--hog-scale must be above 1.0"),
+                         (["--hog-scale", "1.0"], "--hog-scale must be above 1.0")):  # auto detector too
         p = subprocess.run([sys.executable, "-m", "admpff.runtime.reid", "--model", str(model), "--source",
                             "x=missing.avi", *flags], capture_output=True, text=True)
         assert p.returncode == 2 and words in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr

@@ -3,6 +3,8 @@ per-frame visible/infrared decision."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -71,6 +73,17 @@ def test_hog_downscales_wide_frames_and_maps_boxes_back(vtest_frames):
 def test_hog_on_blank_frame_returns_empty_arrays():
     boxes, scores = HOGPersonDetector().detect(np.zeros((240, 320, 3), np.uint8))
     assert boxes.shape == (0, 4) and scores.shape == (0,)
+
+
+@pytest.mark.parametrize("shape", [(96, 128, 3), (10, 10, 3), (100, 60, 3)])
+def test_hog_on_frame_smaller_than_its_window_returns_empty(shape):
+    # OpenCV's detectMultiScale segfaults below its 64x128 window; run it in a child so a crash
+    # fails this test instead of killing the suite.
+    code = ("import numpy as np; from admpff.runtime.detectors import HOGPersonDetector; "
+            f"b, s = HOGPersonDetector().detect(np.full({shape!r}, 128, np.uint8)); print(b.shape, s.shape)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "(0, 4) (0,)"
 
 
 def test_nms_keeps_best_of_overlapping_boxes():
