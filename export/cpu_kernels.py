@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from admpff.runtime.cpu_info import cpu_flags
 
 CPU_KERNELS = ("auto", "qgemm", "convsym")
 _SHIFTED_ZERO_POINT = -1
@@ -26,11 +27,7 @@ _SHIFTED_ZERO_POINT = -1
 @functools.lru_cache(maxsize=1)
 def cpu_has_amx_int8(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where the CPU advertises AMX-INT8 (Linux); False elsewhere or when unknown."""
-    try:
-        text = Path(cpuinfo).read_text(errors="replace")
-    except OSError:
-        return False
-    return any(line.startswith("flags") and " amx_int8" in line for line in text.splitlines())
+    return "amx_int8" in cpu_flags(cpuinfo)
 
 
 def resolve_cpu_kernel(choice: str) -> str:

@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .contract import INFRARED, VISIBLE, InputContract
+from .cpu_info import cpu_model
 
 __all__ = ["summarize_latencies", "benchmark_model", "make_inputs", "time_preprocessing", "TorchEmbedder",
            "retrieval_metrics", "backend_name", "format_table", "plot_latency", "environment", "main"]
@@ -412,17 +413,6 @@ def plot_latency(rows: Sequence[dict], path: str | Path, title: str = "admpff-be
     return write_bytes(path, buf.getvalue())
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Hardware", "Model") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -433,7 +423,7 @@ def _usable_cpus() -> int:
 def environment(threads: int, providers: str, torch_module=None) -> dict:
     env = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "host": platform.node(),
            "platform": platform.platform(), "python": platform.python_version(), "numpy": np.__version__,
-           "cpu_model": _cpu_model(), "cores": os.cpu_count(), "usable_cores": _usable_cpus(),
+           "cpu_model": cpu_model(), "cores": os.cpu_count(), "usable_cores": _usable_cpus(),
            "threads": threads, "providers_requested": providers}
     try:
         import onnxruntime as ort

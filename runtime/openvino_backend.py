@@ -25,6 +25,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .contract import ModelInfo
+from .cpu_info import cpu_flags
 from .embedder import Embedder, ModelLoadError
 
 __all__ = ["OpenVINOEmbedder", "PRECISIONS", "cpu_capabilities", "save_ir", "read_contract_metadata",
@@ -37,14 +38,7 @@ PRECISIONS = {"auto": None, "default": None, "f32": "f32", "bf16": "bf16", "f16"
 
 def cpu_has_amx() -> bool:
     """True where the CPU has AMX-BF16 (Linux ``/proc/cpuinfo`` flags; False where that cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return "amx_bf16" in line.split()
-    except OSError:
-        pass
-    return False
+    return "amx_bf16" in cpu_flags()
 
 
 def resolve_precision(precision: str, device: str = "CPU") -> str | None:

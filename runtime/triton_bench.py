@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import threading
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli_support import USAGE_ERROR, CommandError, check_output_file, make_parser
+from .cpu_info import cpu_model
 
 MODES = ("in-process", "triton", "triton-nobatch")
 
@@ -213,7 +213,7 @@ def _write_json(args, results: list[dict]) -> None:
         return
     from .atomic import write_json
 
-    write_json(args.json, {"command": " ".join(sys.argv), "cpu": _cpu(), "model": str(args.model),
+    write_json(args.json, {"command": " ".join(sys.argv), "cpu": cpu_model(), "model": str(args.model),
                            "backend": args.backend, "threads": args.threads, "crops_per_request": args.crops,
                            "requests_per_client": args.requests, "rounds": args.rounds,
                            "queue_delay_us": args.queue_delay_us, "protocol": args.protocol, "results": results})
@@ -230,16 +230,6 @@ def print_table(results: list[dict]) -> None:
         per_run = f"{r['crops_per_execution']:.1f}" if "crops_per_execution" in r else ""
         print(f"| {c} | {r['mode']} | {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['p99_ms']:.1f} | "
               f"{r['crops_per_s']:.1f} | {r['crops_per_s'] / base[c]:.2f}x | {vs_nb} | {per_run} |")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

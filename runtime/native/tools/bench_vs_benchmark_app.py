@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -30,19 +29,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from admpff.runtime.cpu_info import cpu_model
+
 ROOT = Path(__file__).resolve().parents[3]
 NATIVE = Path(os.environ.get("ADMPFF_NATIVE_BUILD", ROOT / "build" / "native")) / "admpff-native"
 SETTINGS = [("fp32", "f32"), ("fp32", "bf16"), ("int8-qdq", "auto")]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_models(folder: Path) -> tuple[Path, Path]:
