@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import torch
 
+from admpff.runtime.triton_bench import sample_crops
 from admpff.training.model import ADMPFFNet, ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,29 +44,7 @@ def tiny_model(seed: int = 0) -> ADMPFFNet:
 
 def real_crops(n: int, seed: int = 0) -> list[np.ndarray]:
     """Person-sized windows from the real clip when it is here, else textured synthetic crops."""
-    rng = np.random.default_rng(seed)
-    crops = []
-    if VTEST is not None:
-        cap = cv2.VideoCapture(str(VTEST))
-        frames = []
-        for i in range(0, 200, 25):
-            cap.set(cv2.CAP_PROP_POS_FRAMES, i)
-            ok, frame = cap.read()
-            if ok:
-                frames.append(frame)
-        cap.release()
-        for _ in range(n):
-            f = frames[rng.integers(len(frames))]
-            h = int(rng.integers(90, 200))
-            w = max(20, int(h * rng.uniform(0.35, 0.55)))
-            y, x = int(rng.integers(0, f.shape[0] - h)), int(rng.integers(0, f.shape[1] - w))
-            crops.append(f[y:y + h, x:x + w].copy())
-        return crops
-    for _ in range(n):
-        h = int(rng.integers(90, 200))
-        base = rng.integers(0, 255, (h // 8 + 1, 8, 3), dtype=np.uint8)
-        crops.append(cv2.resize(base, (int(h * 0.45), h), interpolation=cv2.INTER_CUBIC))
-    return crops
+    return sample_crops(n, str(VTEST) if VTEST is not None else None, seed=seed)
 
 
 _CACHE: dict[str, ServingExport] = {}
