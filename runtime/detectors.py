@@ -243,8 +243,13 @@ class SsdLiteDetector:
                                 f"input size), not {input_size}" if native else
                                 f"{path.name}: cannot find the input size in its preprocessor")
         self.input_size = native
+        raw = self._raw_head(model, native)
+        self.nms_iou = None
+        if raw is not None:
+            model, self.nms_iou = raw
         try:
-            model.reshape({model.inputs[0].get_any_name(): [1, self.input_size, self.input_size, 3]})
+            if raw is None:
+                model.reshape({model.inputs[0].get_any_name(): [1, self.input_size, self.input_size, 3]})
             config = {"PERFORMANCE_HINT": "LATENCY"}
             if threads:
                 config["INFERENCE_NUM_THREADS"] = int(threads)
@@ -258,8 +263,47 @@ class SsdLiteDetector:
             raise DetectorError(f"cannot prepare SSDLite model {path.name} at {self.input_size}x{self.input_size}: "
                                 f"{_first_line(exc)}") from None
         self.request = self.compiled.create_infer_request()
-        self._outputs = {key: self.compiled.output(f"{key}:0")
-                         for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")}
+        if raw is None:
+            self._outputs = {key: self.compiled.output(f"{key}:0")
+                             for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections")}
+
+    #: where the graph is cut (TensorFlow object-detection API names): after the preprocessor's resize loop,
+    #: and before the post-processor's NMS loop, which scores every one of the 1917 anchors (threshold 1e-8)
+    _RESIZED = "Preprocessor/map/TensorArrayStack/TensorArrayGatherV3"
+    _DECODED_BOXES = "Postprocessor/Reshape_2"
+    _SCORES = "Postprocessor/convert_scores"
+    _NMS_IOU_SUFFIX = "non_max_suppression/iou_threshold"
+
+    @classmethod
+    def _raw_head(cls, model, size: int):
+        """The graph without its two TensorFlow loops: uint8 ``[1, size, size, 3]`` RGB in (the frame is
+        resized outside, so the in-graph resize was an identity), decoded boxes and sigmoid scores per
+        anchor out; NMS runs in numpy on the few boxes above the score threshold, which keeps exactly
+        the boxes the in-graph NMS keeps above it (greedy NMS only lets higher scores suppress).
+        Measured on vtest.avi: the same boxes, 1.5x faster (README).  None where the graph has other names."""
+        import openvino as ov
+        from openvino.preprocess import PrePostProcessor
+
+        ops = {op.get_friendly_name(): op for op in model.get_ops()}
+        if not all(name in ops for name in (cls._RESIZED, cls._DECODED_BOXES, cls._SCORES)):
+            return None
+        iou = None
+        stack = [model]
+        while stack and iou is None:
+            for op in stack.pop().get_ops():
+                if op.get_type_name() == "Loop":
+                    stack.append(op.get_function())
+                elif op.get_type_name() == "Constant" and op.get_friendly_name().endswith(cls._NMS_IOU_SUFFIX):
+                    iou = float(op.get_data().reshape(-1)[0])
+        if iou is None:
+            return None
+        image = ov.opset13.parameter([1, size, size, 3], ov.Type.f32, name="image")
+        for target in list(ops[cls._RESIZED].output(0).get_target_inputs()):
+            target.replace_source_output(image.output(0))
+        cut = ov.Model([ops[cls._DECODED_BOXES].output(0), ops[cls._SCORES].output(0)], [image], "ssdlite_raw")
+        ppp = PrePostProcessor(cut)
+        ppp.input(0).tensor().set_element_type(ov.Type.u8)
+        return ppp.build(), iou
 
     @staticmethod
     def _native_size(model) -> int | None:
@@ -285,6 +329,8 @@ class SsdLiteDetector:
         img = cv2.resize(frame, (size, size), interpolation=cv2.INTER_LINEAR)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)[None]
         self.request.infer({0: img}, share_inputs=True)
+        if self.nms_iou is not None:
+            return self._person_boxes(w, h)
         count = int(self.request.get_tensor(self._outputs["num_detections"]).data.reshape(-1)[0])
         boxes = self.request.get_tensor(self._outputs["detection_boxes"]).data[0, :count]
         scores = self.request.get_tensor(self._outputs["detection_scores"]).data[0, :count]
@@ -295,6 +341,18 @@ class SsdLiteDetector:
         ymin, xmin, ymax, xmax = boxes[keep].T
         pixels = np.column_stack([xmin * w, ymin * h, xmax * w, ymax * h]).astype(np.float32)
         return _drop_degenerate(clip_boxes(pixels, w, h), scores[keep].astype(np.float32).copy(), self.min_box)
+
+    def _person_boxes(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """Threshold, clip to the image (as the graph's NMS does first) and suppress, from the raw head."""
+        scores = self.request.get_output_tensor(1).data[0, :, self.PERSON_CLASS]
+        keep = np.flatnonzero(scores >= self.score_threshold)
+        if len(keep) == 0:
+            return empty_detections()
+        ymin, xmin, ymax, xmax = np.clip(self.request.get_output_tensor(0).data[0, keep], 0.0, 1.0).T
+        normalised = np.column_stack([xmin, ymin, xmax, ymax]).astype(np.float32)
+        order = nms(normalised, scores[keep], self.nms_iou)
+        pixels = normalised[order] * np.array([w, h, w, h], np.float32)
+        return _drop_degenerate(clip_boxes(pixels, w, h), scores[keep][order].astype(np.float32), self.min_box)
 
     def __repr__(self) -> str:
         return (f"SsdLiteDetector({self.path.name}, input={self.input_size}, "

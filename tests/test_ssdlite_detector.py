@@ -74,6 +74,27 @@ def test_ssdlite_finds_more_people_than_hog_with_fewer_false_boxes(annotated, ss
 
 @needs_ssdlite
 @needs_video
+def test_graph_cut_before_its_loops_keeps_the_graphs_own_boxes(ssd, monkeypatch):
+    """The default detector runs the graph without its TensorFlow resize and NMS loops (numpy NMS on the
+    boxes above the threshold); the full graph, loops included, must give the same boxes on real frames."""
+    assert ssd.nms_iou == pytest.approx(0.6), "the packaged graph's NMS threshold is read from the graph"
+    monkeypatch.setattr(SsdLiteDetector, "_raw_head", classmethod(lambda cls, model, size: None))
+    full = SsdLiteDetector(threads=2)
+    assert full.nms_iou is None
+    frames = read_frames(VIDEO, list(range(0, 400, 25)))
+    total = 0
+    for index, frame in frames.items():
+        (ours, our_scores), (theirs, their_scores) = ssd.detect(frame), full.detect(frame)
+        assert len(ours) == len(theirs), f"frame {index}: {len(ours)} boxes against the graph's {len(theirs)}"
+        a, b = np.argsort(-our_scores), np.argsort(-their_scores)
+        np.testing.assert_allclose(ours[a], theirs[b], atol=0.05)   # pixels
+        np.testing.assert_allclose(our_scores[a], their_scores[b], atol=1e-4)
+        total += len(ours)
+    assert total >= 60, "people are found on the sampled frames"
+
+
+@needs_ssdlite
+@needs_video
 def test_infrared_frames_three_equal_channels_go_through_the_same_detector(annotated, ssd):
     annotations, frames = annotated
     grey = {i: cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR) for i, f in frames.items()}
