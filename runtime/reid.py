@@ -38,6 +38,7 @@ import numpy as np
 from .atomic import write_json
 from .cli_support import USAGE_ERROR, CommandError, check_output_file, make_parser, prepare_output_dir
 from .detectors import DetectorError, build_detector, default_detector
+from .embed_worker import EmbeddingWorker
 from .embedder import BACKEND_CHOICES, Embedder, ModelLoadError, load_embedder
 from .gallery import Gallery, GalleryError, plan_enrollment
 from .matching import IdentityRegistry
@@ -212,8 +213,11 @@ class FrontEnd(threading.Thread):
 
 class ReIDPipeline:
     def __init__(self, embedder: Embedder, registry: IdentityRegistry, out: Path | None, *, write_video: bool = True,
-                 log_every: int = 0):
+                 log_every: int = 0, embed_lag: int = 0, embed_batch: int = 8):
+        """``embed_lag`` > 0 embeds on a background thread, batched across frames; a track's new row
+        counts ``embed_lag`` frames after its crop was taken (see :mod:`admpff.runtime.embed_worker`)."""
         self.embedder, self.registry, self.out = embedder, registry, out
+        self.embed_worker = EmbeddingWorker(embedder, lag=embed_lag, max_batch=embed_batch)
         self.write_video = write_video and out is not None
         self.clock = StageClock()
         self.cameras: list[Camera] = []
@@ -251,12 +255,12 @@ class ReIDPipeline:
             self.clock.timed("track", cam.tracker.update, boxes, scores, frame_index=index, frame_shape=frame.shape)
             due = cam.tracker.tracks_to_embed(frame.shape)
         if due:
-            t0 = time.perf_counter()
-            crops = [crop(frame, t.box) for t in due]
-            emb = self.embedder.embed(crops, modality)
-            cam.tracker.record_embeddings(due, emb, modality=modality, frame_shape=frame.shape)
-            self.embeddings += len(due)
-            self.clock.add("embed", time.perf_counter() - t0)
+            for t in due:
+                t.embed_pending = True
+            boxes_taken = np.stack([t.box.copy() for t in due])
+            self.embed_worker.submit(self.frames, [crop(frame, t.box) for t in due], [modality] * len(due),
+                                     (cam, due, int(index), frame.shape, boxes_taken))
+        self._record(self.embed_worker.ready(self.frames))
 
         t0 = time.perf_counter()
         active = [t for t in cam.tracker.active_tracks if t.mean_embedding() is not None]
@@ -284,6 +288,14 @@ class ReIDPipeline:
         self.clock.add("write", time.perf_counter() - t0)
         cam.frames += 1
         self.frames += 1
+
+    def _record(self, jobs) -> None:
+        """Give finished embedding rows to the tracks whose crops they are."""
+        for job in jobs:
+            cam, tracks, index, shape, boxes = job.context
+            cam.tracker.record_embeddings(tracks, job.embeddings, modality=list(job.modalities), frame_shape=shape,
+                                          frame_index=index, boxes=boxes)
+            self.embeddings += len(tracks)
 
     def _annotate(self, cam: Camera, frame: np.ndarray, modality: str, active) -> None:
         if cam.writer is None:
@@ -341,6 +353,7 @@ class ReIDPipeline:
                     bar.update(1)
                     if self.frames % 10 == 0:
                         ms = self.clock.per_frame_ms(self.frames)
+                        ms["embed"] += 1000.0 * self.embed_worker.busy_seconds / max(self.frames, 1)
                         bar.set_postfix_str(" ".join(f"{s} {ms[s]:.0f}ms" for s in STAGES if ms[s] >= 0.5)
                                             + f" | emb {self.embeddings}")
         except KeyboardInterrupt:
@@ -352,6 +365,14 @@ class ReIDPipeline:
         return self.finish()
 
     def finish(self) -> dict:
+        embed_error = None
+        try:
+            self._record(self.embed_worker.flush())
+        except BaseException as exc:  # raised after the files below are closed
+            embed_error = exc
+        self.embed_worker.close()
+        self.clock.seconds["embed"] += self.embed_worker.busy_seconds
+        self.embed_worker.busy_seconds = 0.0
         for cam in self.cameras:
             reader_alive = False
             if cam.frontend is not None:
@@ -370,6 +391,8 @@ class ReIDPipeline:
         if self.events is not None:
             self.events.close()
             self.events = None
+        if embed_error is not None:
+            raise embed_error
         summary = self.summary()
         if self.out is not None:
             write_json(self.out / "summary.json", summary)
@@ -519,6 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="after the run, add the people seen online to --gallery (from live tracks)")
     ap.add_argument("--threshold", type=float, default=0.6, help="cosine similarity to accept a match")
     ap.add_argument("--embed-every", type=int, default=10, help="re-embed a track every N frames")
+    ap.add_argument("--embed-lag", type=int, default=2, metavar="N",
+                    help="embed on a background thread, batching crops across frames; a track's new embedding "
+                         "counts N frames after its crop (the same every run); 0 embeds within the frame")
     ap.add_argument("--mean-of", type=int, default=8, help="match a track by the mean of its last k embeddings")
     ap.add_argument("--max-frames", type=int, default=None, help="stop each camera after N frames")
     ap.add_argument("--out", default=None, metavar="DIR",
@@ -568,6 +594,8 @@ def default_out_dir(root: str | Path = DEFAULT_OUT_ROOT) -> Path:
 def run(args) -> int:
     if args.detect_every < 1:
         raise ValueError(f"--detect-every must be >= 1, got {args.detect_every}")
+    if args.embed_lag < 0:
+        raise ValueError(f"--embed-lag must be >= 0 frames, got {args.embed_lag}")
     detector_options = _detector_options(args)
     # every usage and output problem is reported before the model loads or a camera opens
     specs, default_mode, per_camera = _camera_specs(args.source, args.modality)
@@ -607,7 +635,7 @@ def run(args) -> int:
         raise SourceError("no --source given: name at least one camera, e.g. --source lobby=video.avi")
 
     registry = IdentityRegistry(gallery, threshold=args.threshold)
-    pipeline = ReIDPipeline(embedder, registry, out, write_video=not args.no_video)
+    pipeline = ReIDPipeline(embedder, registry, out, write_video=not args.no_video, embed_lag=args.embed_lag)
     if gallery is not None:
         warning = gallery.separation_warning(args.threshold)
         if warning:

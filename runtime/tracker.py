@@ -74,6 +74,8 @@ class EmbeddingSchedule:
         ``'unclipped'``), or None."""
         if track.time_since_update != 0:
             return None  # no fresh detection: the predicted box is not a crop of the person
+        if track.embed_pending:
+            return None  # a crop of it is still being embedded (asynchronous embedding)
         if not track.confirmed and not self.embed_tentative:
             return None
         if track.last_embed_frame is None:
@@ -123,6 +125,7 @@ class Track:
     last_embed_frame: int | None = None
     last_embed_area: float = 0.0
     last_embed_touched_border: bool = False
+    embed_pending: bool = False   # a crop was handed to the embedder and its row is not back yet
     embeddings_computed: int = 0
     embeddings: deque = field(init=False)
 
@@ -165,13 +168,16 @@ class Track:
 
     # -- embeddings --------------------------------------------------------------------------------
     def add_embedding(self, embedding: np.ndarray, frame_index: int, frame_shape: tuple[int, ...] | None = None,
-                      modality: str | None = None, border_margin: float = 2.0) -> None:
-        """Record an embedding computed from this track's current crop."""
+                      modality: str | None = None, border_margin: float = 2.0,
+                      box: np.ndarray | None = None) -> None:
+        """Record an embedding computed from this track's crop at ``box`` (default: its current box)."""
         emb = np.asarray(embedding, np.float32).reshape(-1)
+        box = self.box if box is None else np.asarray(box, np.float32)
         self.embeddings_computed += 1
+        self.embed_pending = False
         self.last_embed_frame = int(frame_index)
-        self.last_embed_area = box_area(self.box)
-        self.last_embed_touched_border = touches_border(self.box, frame_shape, border_margin)
+        self.last_embed_area = box_area(box)
+        self.last_embed_touched_border = touches_border(box, frame_shape, border_margin)
         if modality is not None:
             self.modality = modality
         if np.linalg.norm(emb) > 1e-6:  # zero rows come from empty crops: nothing to learn from them
@@ -296,15 +302,21 @@ class Tracker:
         return [t for t in self.tracks if self.schedule.reason(t, self.frame_index, shape) is not None]
 
     def record_embeddings(self, tracks: list[Track], embeddings: np.ndarray, modality: str | list[str] | None = None,
-                          frame_shape: tuple[int, ...] | None = None) -> None:
-        """Store one embedding row per track (rows in the order of ``tracks``) and count them."""
+                          frame_shape: tuple[int, ...] | None = None, frame_index: int | None = None,
+                          boxes: np.ndarray | None = None) -> None:
+        """Store one embedding row per track (rows in the order of ``tracks``) and count them.
+
+        ``frame_index`` and ``boxes`` say where the crops were taken when the rows come back later
+        (asynchronous embedding); by default, the current frame and boxes."""
         if not tracks:
             return
         embeddings = np.asarray(embeddings, np.float32).reshape(len(tracks), -1)
         shape = frame_shape if frame_shape is not None else self.frame_shape
+        index = self.frame_index if frame_index is None else int(frame_index)
         mods = modality if isinstance(modality, (list, tuple)) else [modality] * len(tracks)
-        for t, emb, mod in zip(tracks, embeddings, mods):
-            t.add_embedding(emb, self.frame_index, shape, mod, self.schedule.border_margin)
+        crop_boxes = [None] * len(tracks) if boxes is None else list(boxes)
+        for t, emb, mod, box in zip(tracks, embeddings, mods, crop_boxes):
+            t.add_embedding(emb, index, shape, mod, self.schedule.border_margin, box=box)
         self.embeddings_computed += len(tracks)
 
     @property
