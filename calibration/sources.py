@@ -293,10 +293,12 @@ class VideoSource(CalibrationSource):
     frame of the first ``max_frames`` frames read goes through the detector; boxes are clipped to the
     frame and boxes smaller than ``min_box = (height, width)`` pixels are skipped (counted in
     ``too_small``).  The frames are read once; the crops are kept for later iterations (a live camera
-    would not give the same frames twice).
+    would not give the same frames twice).  ``detector="auto"`` is admpff-reid's default detector
+    (SSDLite where installed, else HOG), so calibration sees the crops the runtime will embed; on the
+    demo's clip it also took 36.7 s of HOG out of a 300 s export.
     """
 
-    def __init__(self, uri: "str | int | os.PathLike", detector="hog", every_n_frames: int = 5,
+    def __init__(self, uri: "str | int | os.PathLike", detector="auto", every_n_frames: int = 5,
                  max_frames: "int | None" = 1000, modality: "str | int" = "auto",
                  min_box: "tuple[int, int]" = (64, 32), progress: "bool | None" = None):
         if isinstance(uri, os.PathLike):

@@ -316,7 +316,7 @@ def test_video_source_gives_real_crops_of_the_contract_size():
     source = VideoSource(VTEST, every_n_frames=3, max_frames=30, min_box=(48, 24), progress=False)
     samples = list(source)
     assert source.frames_read == 30 and source.frames_detected == 10
-    assert samples, "HOG found no person in the first 30 frames of vtest.avi"
+    assert samples, "the default detector found no person in the first 30 frames of vtest.avi"
     for crop, modality, origin in samples:
         assert crop.ndim == 3 and crop.shape[0] >= 48 and crop.shape[1] >= 24
         assert modality == VISIBLE and origin.startswith("video:") and "#frame" in origin

@@ -22,12 +22,12 @@ needs_clip = pytest.mark.skipif(not VTEST.is_file(), reason=f"{VTEST} (the share
 
 @pytest.fixture(scope="module")
 def clip_crops():
-    """Person crops the HOG detector cuts from the first 150 frames of the clip (every 10th frame)."""
+    """Person crops the default detector cuts from the first 150 frames of the clip (every 10th frame)."""
     if not VTEST.is_file():
         pytest.skip(f"{VTEST} (the shared colour clip) is absent")
     source = VideoSource(VTEST, every_n_frames=10, max_frames=150, progress=False)
     refs = source.scan()
-    assert len(refs) >= 10, "HOG found too few people to test with"
+    assert len(refs) >= 10, "the detector found too few people to test with"
     return refs
 
 
