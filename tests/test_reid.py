@@ -178,3 +178,21 @@ def test_ctrl_c_leaves_complete_files(model, tmp_path):
     ok, frame = cap.read()
     assert ok and frame.shape == (576, 768, 3)
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == summary["frames"]
+
+
+def test_annotated_video_uses_the_first_codec_opencv_can_write(tmp_path, monkeypatch):
+    frame = np.full((64, 48, 3), 90, np.uint8)
+    writer = reid.open_video_writer(tmp_path / "a.avi", 10.0, (48, 64))
+    for _ in range(3):
+        writer.write(frame)
+    writer.release()
+    cap = cv2.VideoCapture(str(tmp_path / "a.avi"))
+    assert int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode() in ("XVID", "FMP4", "MJPG")
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3
+    monkeypatch.setattr(reid, "VIDEO_CODECS", ("ZZZZ", "MJPG"))  # an unknown codec falls through to the next
+    writer = reid.open_video_writer(tmp_path / "b.avi", 10.0, (48, 64))
+    assert writer.isOpened()
+    writer.release()
+    monkeypatch.setattr(reid, "VIDEO_CODECS", ("ZZZZ",))
+    with pytest.raises(ValueError, match="--no-video"):
+        reid.open_video_writer(tmp_path / "c.avi", 10.0, (48, 64))
