@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,16 @@ class CudaRuntime:
         if self.rt is None:
             raise ModelLoadError(CUDA_PYTHON_MISSING)
         self.device = int(device)
-        self.call("cudaSetDevice", self.device)
+        self._threads = threading.local()
+        self.use_on_this_thread()
+
+    def use_on_this_thread(self) -> None:
+        """Make the device current for the calling thread, once per thread: CUDA's current device is per
+        host thread, and admpff-reid embeds on a thread of its own (a stream and an execution context of
+        GPU N used from a thread whose current device is 0 fail with an invalid-handle error)."""
+        if not getattr(self._threads, "device_set", False):
+            self.call("cudaSetDevice", self.device)
+            self._threads.device_set = True
 
     def call(self, name: str, *args):
         return _check(getattr(self.rt, name)(*args), name, self.rt)
@@ -293,6 +303,7 @@ class TensorRTEmbedder(Embedder):
         self.context.set_input_shape(self._images, (b, 3, c.height, c.width))
         self.context.set_input_shape(self._modality, (b,))
         cuda, stream = self._cuda, self._stream
+        cuda.use_on_this_thread()
         cuda.h2d(img.device_ptr, img.host_ptr, img.rows_nbytes(b), stream)
         cuda.h2d(mod.device_ptr, mod.host_ptr, mod.rows_nbytes(b), stream)
         if not self.context.execute_async_v3(native_handle(stream)):

@@ -283,3 +283,25 @@ def test_no_cuda_driver_is_a_model_error_with_real_cuda_python(tmp_path, monkeyp
         TensorRTEmbedder(_engine(tmp_path), device=3)  # before: CudaError escaped as a traceback
     text = str(info.value)
     assert "no usable GPU 3" in text and "cudaSetDevice failed" in text and "\n" not in text
+
+
+def test_the_gpu_is_made_current_on_each_thread_that_embeds(monkeypatch):
+    """CUDA's current device is per host thread (cudaSetDevice's documented scope), and admpff-reid embeds on a
+    thread of its own: the engine's GPU must be set on that thread too, once."""
+    import threading
+
+    calls = []
+
+    class FakeCudart:
+        def cudaSetDevice(self, device):
+            calls.append((threading.get_ident(), device))
+            return (0,)
+
+    monkeypatch.setattr(tensorrt_backend, "load_cudart", lambda: FakeCudart())
+    cuda = tensorrt_backend.CudaRuntime(device=1)
+    cuda.use_on_this_thread()  # the creating thread: already set
+    worker = threading.Thread(target=lambda: (cuda.use_on_this_thread(), cuda.use_on_this_thread()))
+    worker.start()
+    worker.join()
+    assert [d for _, d in calls] == [1, 1]
+    assert calls[0][0] == threading.get_ident() and calls[1][0] != calls[0][0]
