@@ -125,7 +125,8 @@ def run(args) -> int:
     from .quantize import quantize_cpu_int8, quantize_tensorrt_qdq
     from .verify import format_report, save_report, verify
 
-    from .qat_export import export_qat_qdq, is_qat_checkpoint_file, load_export_model, next_steps_message
+    from .qat_export import (export_qat_qdq, is_qat_checkpoint_file, load_export_model, next_steps_message,
+                             seen_by_qat, verify_on_unseen_crops)
 
     precisions = _precisions(args)
     qat = is_qat_checkpoint_file(args.checkpoint)  # QAT: the INT8 file carries the learned scales, no calibration
@@ -157,6 +158,9 @@ def run(args) -> int:
                                num_samples=args.calib_samples + n_verify, seed=args.calib_seed, contract=contract,
                                note=_say(args), warn_short=False)
     calib = verify_crops = None
+    seen_images = getattr(model, "qat_seen_images", None)  # a QAT run's training images: never verify on them
+    if crops is not None and seen_images:
+        crops = verify_on_unseen_crops(crops, seen_images)
     if crops is not None:
         n_cal = max(1, len(crops) - (args.verify_samples if verify_on else 0))
         calib = _subset(crops, 0, n_cal)
@@ -207,6 +211,12 @@ def run(args) -> int:
                              + (f" and {args.verify_data}" if retrieval else ""), verify, files["fp32"], variants,
                              verify_crops.images, verify_crops.modality, torch_model=model, retrieval=retrieval)
         extra = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": ckpt_sha}
+        if seen_images:
+            extra["verify_crops_seen_by_qat"] = seen_by_qat(verify_crops, seen_images)
+            if extra["verify_crops_seen_by_qat"]:
+                print(f"WARNING: {extra['verify_crops_seen_by_qat']} of the {len(verify_crops)} verification crops are "
+                      "training images the QAT run fine-tuned on (too few other crops): give more --calib-data",
+                      flush=True)
         failed = [f.precision for f in reports if f.precision in (("int8-cpu",) if qat else ("int8-qdq", "int8-cpu"))
                   and not f.passed]
         if failed and args.auto_float > 0:

@@ -26,10 +26,11 @@ def _export(checkpoint: str, out: Path, args) -> dict:
     from . import cli as export_cli
 
     done = out / "m.int8.onnx"
-    if done.is_file() and done.stat().st_mtime > Path(checkpoint).stat().st_mtime and (out / "m.calib.npz").is_file():
+    if done.is_file() and done.stat().st_mtime > max(Path(checkpoint).stat().st_mtime, args.crops_cache.stat().st_mtime):
         return {"seconds": None, "reused": str(done)}  # same checkpoint, already exported by an earlier run
 
     argv = [checkpoint, "--out", str(out), "--name", "m", "--int8", "--calib-data", *args.calib_data[:1],
+            "--calib-cache", str(args.crops_cache),
             "--calib-samples", str(args.calib_samples), "--verify-samples", str(args.verify_samples),
             "--no-verify", "--auto-float", "0", "-q"]
     for spec in args.calib_data[1:]:
@@ -39,6 +40,31 @@ def _export(checkpoint: str, out: Path, args) -> dict:
     if code != 0:
         raise SystemExit(f"compare_int8: admpff-export failed on {checkpoint} (exit {code})")
     return {"seconds": time.perf_counter() - t0}
+
+
+def _shared_crops(args, out: Path):
+    """One crop set for both exports (``--calib-cache``), ordered as the QAT export orders it: the crops the
+    QAT run trained on first, so the held-back verification crops (the last ones) are crops it never saw,
+    and post-training INT8 calibrates on the others.  -> (crops, the QAT run's training images)."""
+    import torch
+
+    from admpff.calibration import load_or_build
+    from admpff.calibration.sources import as_sources
+    from admpff.runtime.contract import InputContract
+
+    from .qat_export import verify_on_unseen_crops
+
+    ckpt = torch.load(args.qat, map_location="cpu", weights_only=False)
+    seen = frozenset(ckpt.get("qat", {}).get("seen_images") or ())
+    contract = InputContract.from_dict(ckpt["config"]["contract"])
+    del ckpt
+    args.crops_cache = out / "crops.npz"
+    crops = load_or_build(args.crops_cache, as_sources(args.calib_data), num_samples=args.calib_samples + args.verify_samples,
+                          seed=0, contract=contract, warn_short=False)
+    ordered = verify_on_unseen_crops(crops, seen)
+    if ordered.origins != crops.origins:
+        ordered.save(args.crops_cache)  # same request, new order: both exports reuse it as it is
+    return ordered, seen
 
 
 def main(argv=None) -> int:
@@ -58,13 +84,18 @@ def main(argv=None) -> int:
 
     from .verify import compare, retrieval_map
     from .verify_data import load_retrieval_data
+    from .qat_export import seen_by_qat
     from .verify_int8_kernels import int8_layer_counts, load_real_int8
 
     out = Path(args.out)
+    crops, seen = _shared_crops(args, out)
     timings = {"ptq_export": _export(args.source, out / "ptq", args), "qat_export": _export(args.qat, out / "qat", args)}
     fp32 = load_embedder(out / "ptq" / "m.onnx", backend="onnxruntime")
-    crops = CalibrationSet.load(out / "ptq" / "m.calib.npz", fp32.contract)
     images, modality = crops.images[-args.verify_samples:], crops.modality[-args.verify_samples:]
+    held = CalibrationSet(images=images, modality=modality, origins=crops.origins[-args.verify_samples:])
+    seen_in_verify = seen_by_qat(held, seen)
+    print(f"{len(images)} held-back verification crops; {seen_in_verify} of them among the {len(seen)} training "
+          f"images the QAT run used; PTQ calibrated on the {len(crops) - len(images)} others")
     retrieval = load_retrieval_data(args.verify_data, fp32.contract, args.verify_max_queries) if args.verify_data else None
     ref = fp32.embed_batch(images, modality)
     ref_map = retrieval_map(fp32, retrieval) if retrieval else None
@@ -93,6 +124,7 @@ def main(argv=None) -> int:
               f"{r['top1_agreement']:>10.3f}{m}{d}")
     from admpff.runtime.atomic import write_json
     write_json(out / "int8_comparison.json", {"source": args.source, "qat": args.qat, "crops": len(images),
+                                              "verify_crops_seen_by_qat": seen_in_verify,
                                               "verify_data": args.verify_data, "rows": rows, "timings": timings,
                                               "reference": "source FP32 ONNX on ONNX Runtime"})
     return 0

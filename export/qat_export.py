@@ -23,7 +23,8 @@ from onnx import numpy_helper
 
 from .checkpoint_io import ExportError, file_sha256, load_checkpoint
 
-__all__ = ["is_qat_model", "load_export_model", "export_qat_qdq", "learned_scales"]
+__all__ = ["is_qat_model", "load_export_model", "export_qat_qdq", "learned_scales", "verify_on_unseen_crops",
+           "seen_by_qat"]
 
 
 def is_qat_model(model) -> bool:
@@ -50,7 +51,41 @@ def load_export_model(path: str | Path):
         model = build_qat_model(ckpt, mode="float")
     except (CheckpointError, ModelConfigError, TypeError, ValueError) as exc:
         raise ExportError(f"QAT checkpoint {path} cannot be rebuilt: {exc}") from None
+    # the training images the fine-tuning used: the export verifies on other crops (verify_on_unseen_crops)
+    model.qat_seen_images = frozenset(ckpt["qat"].get("seen_images") or ())
     return model, config, file_sha256(path)
+
+
+def _crop_seen(origin: str, seen: frozenset) -> bool:
+    """Whether a calibration crop (origin ``sysu:/path``, ``regdb:/path``, a video or folder crop) is one of
+    the training images a QAT run used.  Only data-set crops can be: QAT reads nothing else."""
+    import os
+
+    from admpff.calibration.sources import DATASET_KINDS
+
+    kind, sep, path = str(origin).partition(":")
+    return bool(sep) and kind in DATASET_KINDS.values() and os.path.realpath(path) in seen
+
+
+def seen_by_qat(crops, seen_images) -> int:
+    """How many of ``crops`` (a CalibrationSet) the QAT run trained or calibrated on."""
+    seen = frozenset(seen_images or ())
+    return sum(_crop_seen(o, seen) for o in crops.origins) if seen else 0
+
+
+def verify_on_unseen_crops(crops, seen_images):
+    """The crop set reordered so that the crops a QAT run trained on come first (they may calibrate the
+    CPU-INT8 file) and the ones it never saw last, where the export takes its held-back verification
+    crops from; each group keeps its order, so a set without seen crops is unchanged."""
+    from dataclasses import replace
+
+    seen = frozenset(seen_images or ())
+    if not seen:
+        return crops
+    flags = [_crop_seen(o, seen) for o in crops.origins]
+    order = [i for i, f in enumerate(flags) if f] + [i for i, f in enumerate(flags) if not f]
+    return replace(crops, images=crops.images[order], modality=crops.modality[order],
+                   origins=[crops.origins[i] for i in order])
 
 
 @contextlib.contextmanager

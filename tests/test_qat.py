@@ -4,6 +4,7 @@ The exported Q/DQ file passes every TensorRT rule of qdq_check at opset 17, carr
 scales and the trained int8 weights (no re-calibration), and on the same crops comes closer to the FP32
 model it replaces than post-training INT8 does; a QAT run resumes like any other run."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -18,7 +19,10 @@ from admpff.runtime.embedder import load_embedder
 from admpff.training import cli_train
 from admpff.training.checkpoint import load_checkpoint
 from admpff.training.datasets.synthetic import write_sysu
-from admpff.training.qat import build_qat_model, quantized_convs, weight_integers
+from admpff.export.qat_export import seen_by_qat, verify_on_unseen_crops
+from admpff.training.checkpoint import build_model_from_checkpoint
+from admpff.training.qat import (build_qat_model, prepare_qat_model, quantized_convs, quantizers, set_mode,
+                                 split_embed, weight_integers)
 
 torch.set_num_threads(2)
 COMMON = ["--workers", "0", "--no-progress", "--no-tensorboard"]
@@ -54,6 +58,59 @@ def test_qat_checkpoint_is_an_ordinary_run_with_a_qat_entry(runs):
     assert ckpt["qat"]["calibration"]["split"] == "train" and ckpt["qat"]["calibration"]["samples"] == 32
     log = [json.loads(line) for line in (qat_ckpt.parent / "train_log.jsonl").read_text().splitlines()]
     assert any(r.get("event") == "epoch" and "qat/distill" in r["terms"] for r in log)
+    assert len(ckpt["qat"]["seen_images"]) == 32 and ckpt["qat"]["optimizer"]["kind"] == "adam"
+
+
+def _held_out_crops(exports, ckpt, count=24):
+    from admpff.calibration.calibset import CalibrationSet
+
+    crops = CalibrationSet.load(exports["qat"] / "m.calib.npz", load_embedder(exports["qat"] / "m.onnx").contract)
+    crops = verify_on_unseen_crops(crops, ckpt["qat"]["seen_images"])
+    return crops.images[-count:], crops.modality[-count:], crops
+
+
+def test_qat_learns_its_scales_and_biases_and_beats_its_calibrated_start(runs):
+    """The fine-tuning itself helps: the learned model is closer to the FP32 source than the same model
+    straight after calibration, on crops neither calibration nor fine-tuning saw."""
+    _, src_ckpt, qat_ckpt, exports = runs
+    ckpt, source = load_checkpoint(qat_ckpt), load_checkpoint(src_ckpt)
+    learned, calibrated = ckpt["qat"]["scales"], ckpt["qat"]["calibrated_scales"]
+    moved = [abs(learned[n] / calibrated[n] - 1) for n in learned]
+    assert max(moved) > 1e-3 and sum(m > 1e-4 for m in moved) > len(moved) // 2, max(moved)
+
+    teacher = build_model_from_checkpoint(source).eval()
+    start = prepare_qat_model(build_model_from_checkpoint(source)).eval()
+    names = dict(start.named_modules())
+    with torch.no_grad():
+        for name, value in calibrated.items():
+            names[name].scale.fill_(value)
+    set_mode(start, "quantize")
+    tuned = build_qat_model(ckpt)
+    folded = {n: p for n, p in start.named_parameters()}
+    bias_change = max(float((p - folded[n]).abs().max()) for n, p in tuned.named_parameters() if n.endswith("conv.bias"))
+    weight_change = max(float((p - folded[n]).abs().max()) for n, p in tuned.named_parameters() if n.endswith("conv.weight"))
+    # by default the conv weights stay exactly as trained; the folded-BN biases learn
+    assert bias_change > 1e-4 and weight_change == 0, (bias_change, weight_change)
+
+    images, modality, crops = _held_out_crops(exports, ckpt)
+    assert seen_by_qat(SimpleNamespace(origins=crops.origins[-24:]), ckpt["qat"]["seen_images"]) == 0
+    from admpff.training.transforms import Normalizer
+    x, m = Normalizer(teacher.contract()).eval()(torch.from_numpy(images)), torch.from_numpy(modality).long()
+    with torch.no_grad():
+        ref = teacher.embed(x, m)
+        before = (split_embed(start, x, m) * ref).sum(1)
+        after = (split_embed(tuned, x, m) * ref).sum(1)
+    assert float(after.mean()) > float(before.mean()) and float(after.min()) > float(before.min()), (before, after)
+
+
+def test_export_verifies_a_qat_file_on_crops_its_fine_tuning_never_saw(runs):
+    _, _, qat_ckpt, exports = runs
+    ckpt = load_checkpoint(qat_ckpt)
+    report = json.loads((exports["qat"] / "m.verify.json").read_text())
+    assert report["verify_crops_seen_by_qat"] == 0
+    _, _, crops = _held_out_crops(exports, ckpt)
+    # the crop set does hold training images the QAT run used: they went first, to the calibration side
+    assert seen_by_qat(crops, ckpt["qat"]["seen_images"]) > 0
 
 
 def test_exported_qat_file_passes_qdq_check_and_carries_the_learned_scales(runs):
