@@ -14,13 +14,17 @@ the network that trains is the graph that is exported, node for node.
 
 Fake quantization is PyTorch's own (``torch.fake_quantize_per_tensor_affine`` /
 ``torch.fake_quantize_per_channel_affine`` in the exported graph, which the ONNX exporter turns into
-QuantizeLinear/DequantizeLinear).  Activation scales start from a percentile calibration on the
-training split and are then learned (LSQ: straight-through rounding, the scale's gradient scaled by
-1/sqrt(numel * 127)); weight scales follow the weights.  The fine-tuning loss is the cosine distance of
-the quantized embedding to the frozen FP32 source model's (``--qat-distill``, default 1), which keeps the
-INT8 model close to the model it replaces; the MGJ loss is computed and logged and weighted by
-``--qat-mgj-weight`` (default 0: on a briefly trained model with folded BNs it moved the weights far from
-the FP32 model even at lr 1e-5).  The float embedding head is frozen.
+QuantizeLinear/DequantizeLinear; the fused LSQ kernel while training).  Activation scales start from a
+calibration on unaugmented training-split images (default ``mse``: per batch the clipping value with
+the least int8 error; or a percentile) and are then learned (LSQ: straight-through rounding); weight
+scales follow the weights.  The calibration pass runs the FP32 network, so its embeddings are the
+targets of the fine-tuning: Adam lowers the cosine distance of the fake-quantized embedding of the same
+images to them (``--qat-distill``), training the activation scales (rate relative to each scale) and the
+folded-BN biases; the conv weights only with ``--backbone-lr-mult`` > 0 (Adam at 1e-4 wrecked the demo's
+ResNet-50).  The MGJ loss (``--qat-mgj-weight`` > 0) switches to the ordinary augmented identity batches
+with a frozen FP32 teacher (on a briefly trained model with folded BNs it moved the weights far from the
+FP32 model even at lr 1e-5).  The float embedding head is frozen.  The checkpoint lists the training
+images the run used (``qat.seen_images``) so that the export verifies on others.
 
 Everything else is ordinary training (``engine.Trainer``): sampler, logs (``train_log.jsonl``,
 TensorBoard), progress bars, atomic ``last.pt`` every epoch, exact ``--resume``.  The checkpoint is an
