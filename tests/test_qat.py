@@ -198,3 +198,36 @@ def test_qat_from_bad_inputs_is_one_line(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("admpff-train: error:") for line in err)
     assert "already a QAT checkpoint" in err[1]
+
+
+def test_two_quantizers_of_one_tensor_become_the_wider_one():
+    """A residual block's conv1 and downsample read one tensor; QAT may learn two scales for it. The export
+    keeps one quantizer with the larger scale (OpenVINO ran such downsample convs in f32 otherwise)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from admpff.export.qat_export import _merge_quantizers_of_one_tensor
+
+    w = numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
+    inits = [w, numpy_helper.from_array(np.array(0.1, np.float32), "s1"),
+             numpy_helper.from_array(np.array(0.2, np.float32), "s2"),
+             numpy_helper.from_array(np.array(0, np.int8), "z1"), numpy_helper.from_array(np.array(0, np.int8), "z2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["q1"]),
+             helper.make_node("DequantizeLinear", ["q1", "s1", "z1"], ["d1"]),
+             helper.make_node("QuantizeLinear", ["x", "s2", "z2"], ["q2"]),
+             helper.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["d2"]),
+             helper.make_node("Conv", ["d1", "w"], ["a"]), helper.make_node("Conv", ["d2", "w"], ["b"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 2, 2, 2]) for n in "ab"], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    assert _merge_quantizers_of_one_tensor(model) == 1
+    onnx.checker.check_model(model)
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(q) == 1 and q[0].input[1] == "s2" and all(d.input[:2] == [q[0].output[0], "s2"] for d in dq)
+    assert "s1" not in {t.name for t in model.graph.initializer}  # the narrower scale is gone
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a, b = sess.run(None, {"x": np.full((1, 2, 2, 2), 3.05, np.float32)})
+    np.testing.assert_allclose(a, b)  # both convolutions now see the same quantized input (3.0 at scale 0.2)
+    np.testing.assert_allclose(a, 6.0, atol=1e-6)
