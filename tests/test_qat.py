@@ -128,7 +128,13 @@ def test_exported_qat_file_passes_qdq_check_and_carries_the_learned_scales(runs)
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     activation_scales = np.array(sorted({float(inits[n.input[1]]) for n in model.graph.node
                                          if n.op_type == "QuantizeLinear" and n.input[0] not in inits}), np.float32)
-    np.testing.assert_allclose(activation_scales, np.unique(learned), rtol=1e-6)
+    # every exported scale is a learned one; where two quantizers read one tensor (a block's conv1 and its
+    # downsample) only the wider stays (test_two_quantizers_of_one_tensor_become_the_wider_one)
+    unique_learned = np.unique(learned)
+    nearest = np.abs(activation_scales[:, None] - unique_learned[None, :]).min(axis=1)
+    assert (nearest <= 1e-6 * activation_scales).all()
+    sources = [n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    assert len(sources) == len(set(sources)), "one quantizer per activation tensor"
     assert len(calibrated) == len(learned)
     # no re-calibration at export: post-training calibration of the same model gives other scales
     ptq = onnx.load(str(exports["ptq"] / "m.int8.onnx"))
