@@ -280,7 +280,7 @@ class SsdLiteDetector:
         resized outside, so the in-graph resize was an identity), decoded boxes and sigmoid scores per
         anchor out; NMS runs in numpy on the few boxes above the score threshold, which keeps exactly
         the boxes the in-graph NMS keeps above it (greedy NMS only lets higher scores suppress).
-        Measured on vtest.avi: the same boxes, 1.28x faster per frame (README).  None where the graph has
+        Measured on vtest.avi: the same boxes, 1.21x faster per frame (README).  None where the graph has
         other names."""
         import openvino as ov
         from openvino.preprocess import PrePostProcessor
