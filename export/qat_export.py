@@ -126,6 +126,15 @@ def _constants_to_initializers(model: onnx.ModelProto) -> int:
     return len(moved)
 
 
+def _remove_nodes(graph, nodes) -> None:
+    """Drop ``nodes`` and every initializer no remaining node reads."""
+    for node in nodes:
+        graph.node.remove(node)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(t)
+
+
 def _weights_to_int8(model: onnx.ModelProto) -> int:
     """QuantizeLinear(float weight initializer) -> DequantizeLinear becomes DequantizeLinear(int8 initializer)."""
     g = model.graph
@@ -165,11 +174,7 @@ def _weights_to_int8(model: onnx.ModelProto) -> int:
             u.input[0] = name
         drop.append(node)
         folded += 1
-    for node in drop:
-        g.node.remove(node)
-    used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
+    _remove_nodes(g, drop)
     return folded
 
 
@@ -207,11 +212,7 @@ def _merge_quantizers_of_one_tensor(model: onnx.ModelProto) -> int:
             if q is not keep:
                 drop.append(q)
                 merged += 1
-    for node in drop:
-        g.node.remove(node)
-    used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
+    _remove_nodes(g, drop)
     return merged
 
 
