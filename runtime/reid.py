@@ -273,7 +273,7 @@ class ReIDPipeline:
         if due:
             for t in due:
                 t.embed_pending = True
-            boxes_taken = np.stack([t.box.copy() for t in due])
+            boxes_taken = np.stack([t.box for t in due])  # a copy: the tracker moves the boxes on
             self.embed_worker.submit(self.frames, [crop(frame, t.box) for t in due], [modality] * len(due),
                                      (cam, due, int(index), frame.shape, boxes_taken))
         self._record(self.embed_worker.ready(self.frames))
