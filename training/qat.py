@@ -10,7 +10,9 @@ symmetric (zero point 0); every backbone convolution has its weights quantized p
 ([-128, 127]); the identity input of every residual Add is quantized too, so TensorRT can fuse the Add into
 the convolution before it; the embedding head (stripe pooling, 1x1 reductions, concat, L2 norm) stays
 float.  Batch norms are folded into their convolutions first (frozen statistics, the usual QAT recipe):
-the network that trains is the graph that is exported, node for node.
+the network that trains is the graph that is exported, node for node.  Then the channels between the
+convolutions of each residual block are equalized (``equalize_channels``, exact in float: ReLU commutes
+with a positive per-channel scale), so that one per-tensor activation scale fits all of them.
 
 Fake quantization is PyTorch's own (``torch.fake_quantize_per_tensor_affine`` /
 ``torch.fake_quantize_per_channel_affine`` in the exported graph, which the ONNX exporter turns into
@@ -53,6 +55,7 @@ ACT_QMIN, ACT_QMAX = -128, 127        # activations: signed int8, symmetric scal
 WEIGHT_QMAX = 127                     # weights: [-127, 127] (TensorRT's symmetric weight range)
 CALIB_PERCENTILE = 99.999             # per-batch |x| percentile, averaged over the calibration batches
 CALIB_METHOD = "mse"                  # default: per-batch least-error clipping value (mse_amax), averaged
+EQUALIZE_ALPHA = 0.8                  # channel equalization strength (equalize_channels); 0 turns it off
 SCHEME = {"dtype": "int8", "symmetric": True, "weights": "per-channel axis 0, [-127, 127]",
           "activations": "per-tensor, [-128, 127]", "residual_add": "identity input quantized",
           "head": "float", "batch_norm": "folded", "scales": "activations learned (LSQ), weights max|w|/127"}
@@ -283,6 +286,84 @@ def split_embed(model: nn.Module, images: torch.Tensor, modality: torch.Tensor) 
     return F.normalize(torch.cat(feats["p3"] + feats["p6"] + feats["en"], dim=1), p=2, dim=1)
 
 
+def equalization_pairs(model: nn.Module) -> list[tuple[str, QuantConv2d, QuantConv2d]]:
+    """(name, conv, next conv) for every two convolutions of a residual block with only a ReLU between
+    them once the BNs are folded: torchvision's Bottleneck conv1 -> conv2 -> conv3, BasicBlock conv1 -> conv2."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    pairs = []
+    for part in QUANTIZED_PARTS:
+        for name, block in getattr(model, part).named_modules(prefix=part):
+            if isinstance(block, Bottleneck):
+                pairs += [(f"{name}.conv1", block.conv1, block.conv2), (f"{name}.conv2", block.conv2, block.conv3)]
+            elif isinstance(block, BasicBlock):
+                pairs.append((f"{name}.conv1", block.conv1, block.conv2))
+    return [p for p in pairs if isinstance(p[1], QuantConv2d) and isinstance(p[2], QuantConv2d)]
+
+
+@torch.no_grad()
+def equalize_channels(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                      alpha: float = EQUALIZE_ALPHA) -> dict[str, list[float]]:
+    """Even out the channels of the activations inside residual blocks before calibration (cross-layer
+    equalization with SmoothQuant's migration strength ``alpha``); the float network is unchanged.
+
+    A per-tensor int8 scale must cover the widest channel, so narrow channels get few levels.  Between
+    two convolutions of a block there is only a ReLU, and ReLU(x / s) = ReLU(x) / s for s > 0: dividing
+    output channel c of the first convolution (weights and bias) by s_c and multiplying input channel c
+    of the next one by s_c computes the same function.  s_c = amax_c^alpha / max|w_:,c|^(1 - alpha)
+    (amax_c: the channel's largest |activation| on ``batches``) moves most of the spread into the next
+    convolution's weights, which are quantized per output channel.  Measured on the demo's ResNet-50
+    (README, "Quantization-aware fine-tuning"): the INT8 cosine error after calibration fell from 0.0056 to 0.0051.
+    Returns the factors per pair (kept in the checkpoint; :func:`apply_channel_equalization` replays them)."""
+    pairs = equalization_pairs(model)
+    amax: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(_module, inputs):
+            channel_max = inputs[0].detach().abs().amax(dim=(0, 2, 3)).float().cpu()
+            amax[name] = channel_max if name not in amax else torch.maximum(amax[name], channel_max)
+        return hook
+
+    was_training = model.training
+    model.eval()
+    set_mode(model, _Mode.FLOAT)
+    handles = [nxt.register_forward_pre_hook(record(name)) for name, _, nxt in pairs]
+    try:
+        for images, modality in batches:
+            split_embed(model, images, modality)
+    finally:
+        for handle in handles:
+            handle.remove()
+    factors = {}
+    for name, _, nxt in pairs:
+        if name not in amax:
+            continue
+        reach = amax[name]
+        live = reach > 1e-6 * float(reach.max().clamp_min(1e-12))     # dead ReLU channels keep factor 1
+        if not bool(live.any()):
+            continue
+        weight = nxt.conv.weight.detach().abs().amax(dim=(0, 2, 3)).float().cpu().clamp_min(1e-12)
+        s = reach.clamp_min(1e-12) ** alpha / weight ** (1.0 - alpha)
+        s = s / s[live].median()                                      # keep the tensor's overall magnitude
+        factors[name] = torch.where(live, s, torch.ones_like(s)).clamp(1e-3, 1e3).tolist()
+    apply_channel_equalization(model, factors)
+    model.train(was_training)
+    return factors
+
+
+@torch.no_grad()
+def apply_channel_equalization(model: nn.Module, factors: dict[str, list[float]]) -> None:
+    """Rescale the pairs of :func:`equalization_pairs` by ``factors`` (what :func:`equalize_channels` chose)."""
+    pairs = {name: (prev, nxt) for name, prev, nxt in equalization_pairs(model)}
+    for name, values in factors.items():
+        prev, nxt = pairs[name]
+        s = torch.tensor(values, dtype=prev.conv.weight.dtype, device=prev.conv.weight.device)
+        prev.conv.weight.div_(s.view(-1, 1, 1, 1))
+        if prev.conv.bias is not None:
+            prev.conv.bias.div_(s)
+        nxt.conv.weight.mul_(s.view(1, -1, 1, 1))
+
+
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
               percentile: float = CALIB_PERCENTILE) -> tuple[int, torch.Tensor]:
@@ -438,7 +519,7 @@ class QATTrainer(Trainer):
                  resume: dict | None = None, calib_samples: int = 256, distill: float = 1.0,
                  train_head: bool = False, mgj_weight: float = 0.0, scale_lr: float = DEFAULT_SCALE_LR,
                  bias_lr: float = DEFAULT_BIAS_LR, percentile: float = CALIB_PERCENTILE,
-                 progress: bool | None = None):
+                 equalize: float = EQUALIZE_ALPHA, progress: bool | None = None):
         from .checkpoint import build_model_from_checkpoint
         from .model import build_model
 
@@ -458,12 +539,15 @@ class QATTrainer(Trainer):
             raise TrainingError(f"--qat-calib must be 'mse' or a percentile in (0, 100], not {percentile}")
         if min(scale_lr, bias_lr) < 0:
             raise TrainingError("--qat-scale-lr and --qat-bias-lr must be >= 0")
+        if not 0 <= equalize <= 1:
+            raise TrainingError(f"--qat-equalize must be in [0, 1] (0: off), not {equalize}")
         settings = dict(resume["qat"]) if resume is not None else {
             "format_version": QAT_FORMAT_VERSION, "scheme": dict(SCHEME),
             "source": os.path.abspath(source_path) if source_path else None,
             "source_sha256": file_sha256(source_path) if source_path else None,
             "calibration": {"split": "train", "requested": int(calib_samples), "samples": int(calib_samples),
                             "percentile": percentile if percentile == "mse" else float(percentile)},
+            "equalization": {"alpha": float(equalize), "factors": {}},
             "distill": float(distill), "train_head": bool(train_head), "mgj_weight": float(mgj_weight),
             "optimizer": {"kind": "adam", "weight_lr": config.lr * config.backbone_lr_mult,
                           "bias_lr": float(bias_lr), "scale_lr": float(scale_lr)},
@@ -489,6 +573,9 @@ class QATTrainer(Trainer):
         self._distill = None
         teacher = None
         if resume is None:
+            if equalize > 0:   # before calibration: the scales are set for the equalized tensors
+                self.qat["equalization"]["factors"] = equalize_channels(
+                    self.model, _batches(self, images, modality, batch), equalize)
             seen, targets = calibrate(self.model, _batches(self, images, modality, batch), percentile)
             self.qat["calibration"]["samples"] = seen
             self.qat["calibrated_scales"] = {n: float(p.detach()) for n, p in _named_scales(self.model)}

@@ -42,6 +42,9 @@ def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--qat-calib", dest="qat_calib", type=_calib_method, default=None, metavar="mse|P",
                    help="how the initial activation scales are set: 'mse' (default: the clipping value with the "
                         "least int8 error, per batch) or a |activation| percentile P such as 99.999 (100 = max)")
+    g.add_argument("--qat-equalize", dest="qat_equalize", type=float, default=None, metavar="ALPHA",
+                   help="before calibrating, even out the channels inside residual blocks (exact in float; "
+                        "SmoothQuant's migration strength, default 0.8; 0 turns it off)")
     g.add_argument("--qat-mgj-weight", dest="qat_mgj_weight", type=float, default=0.0, metavar="W",
                    help="weight of the MGJ loss (default 0: logged, not trained on; on a briefly trained model "
                         "it moved the weights to cosine 0.80 from the FP32 model even at lr 1e-5)")
@@ -92,10 +95,11 @@ def make_trainer(config, *, resume: dict | None, source: dict | None, qat: argpa
         return Trainer(config, resume=resume)
     from .qat import QATTrainer
     if source is not None:
-        from .qat import CALIB_METHOD, DEFAULT_BIAS_LR, DEFAULT_SCALE_LR
+        from .qat import CALIB_METHOD, DEFAULT_BIAS_LR, DEFAULT_SCALE_LR, EQUALIZE_ALPHA
         pick = lambda value, default: default if value is None else value  # noqa: E731
         return QATTrainer(config, source=source, source_path=qat.qat_from, calib_samples=qat.qat_calib_samples,
                           distill=qat.qat_distill, mgj_weight=qat.qat_mgj_weight,
                           scale_lr=pick(qat.qat_scale_lr, DEFAULT_SCALE_LR), bias_lr=pick(qat.qat_bias_lr, DEFAULT_BIAS_LR),
-                          percentile=pick(qat.qat_calib, CALIB_METHOD))
+                          percentile=pick(qat.qat_calib, CALIB_METHOD),
+                          equalize=pick(qat.qat_equalize, EQUALIZE_ALPHA))
     return QATTrainer(config, resume=resume)
