@@ -21,7 +21,7 @@ from admpff.training.checkpoint import load_checkpoint
 from admpff.training.datasets.synthetic import write_sysu
 from admpff.export.qat_export import seen_by_qat, verify_on_unseen_crops
 from admpff.training.checkpoint import build_model_from_checkpoint
-from admpff.training.qat import (apply_channel_equalization, build_qat_model, equalization_pairs,
+from admpff.training.qat import (apply_channel_equalization, build_qat_model, equalization_groups,
                                  equalize_channels, prepare_qat_model, quantized_convs, quantizers, set_mode,
                                  split_embed, weight_integers)
 
@@ -123,33 +123,51 @@ def test_channel_equalization_keeps_the_float_network_and_evens_out_the_channels
     model = prepare_qat_model(build_model_from_checkpoint(source)).eval()
     from admpff.calibration.calibset import CalibrationSet
     from admpff.training.transforms import Normalizer
+    from torchvision.models.resnet import BasicBlock
 
     crops = CalibrationSet.load(exports["ptq"] / "m.calib.npz", load_embedder(exports["ptq"] / "m.onnx").contract)
     x = Normalizer(model.contract()).eval()(torch.from_numpy(crops.images[:16]))
     m = torch.from_numpy(crops.modality[:16]).long()
-    pairs = equalization_pairs(model)
-    from torchvision.models.resnet import BasicBlock
+    groups = equalization_groups(model)
     blocks = sum(isinstance(b, BasicBlock) for part in ("shared", "branches") for b in getattr(model, part).modules())
+    pairs = [g for g in groups if not g.name.startswith("stream:")]
+    streams = [g.name for g in groups if g.name.startswith("stream:")]
     assert blocks > 0 and len(pairs) == blocks  # ResNet-18: one pair (conv1 -> ReLU -> conv2) per residual block
+    # layer1's first block has an identity shortcut (its stream is the stems'): skipped; layer2 feeds the
+    # three branches' layer3, and each layer3 its layer4; layer4 feeds the float head: skipped
+    assert streams == ["stream:shared.1", "stream:branches.p3.0", "stream:branches.p6.0", "stream:branches.en.0"]
 
-    def spread():  # per pair: log(widest channel / median live channel) of the activation between the two convs
+    def spread():  # per group: log(widest channel / median live channel) of the activation it equalizes
         reach = {}
-        hooks = [nxt.register_forward_pre_hook(lambda _m, inp, k=name: reach.__setitem__(k, inp[0].abs().amax(dim=(0, 2, 3))))
-                 for name, _, nxt in pairs]
+
+        def keep(name, tensor):
+            c = tensor.abs().amax(dim=(0, 2, 3))
+            reach[name] = c if name not in reach else torch.maximum(reach[name], c)
+        hooks = [module.register_forward_pre_hook(lambda _m, inp, k=g.name: keep(k, inp[0])) if side == "input"
+                 else module.register_forward_hook(lambda _m, _i, out, k=g.name: keep(k, out))
+                 for g in groups for module, side in g.observed]
         with torch.no_grad():
             out = split_embed(model, x, m)
         for h in hooks:
             h.remove()
-        values = [torch.log(r.max() / r[r > 1e-6 * r.max()].median()) for r in reach.values()]
-        return out, float(torch.stack(values).mean())
+        return out, {k: float(torch.log(r.max() / r[r > 1e-6 * r.max()].median())) for k, r in reach.items()}
 
     set_mode(model, "float")
     before, spread_before = spread()
     factors = equalize_channels(model, [(x[:8], m[:8]), (x[8:], m[8:])], alpha=0.8)
     after, spread_after = spread()
-    assert set(factors) == {name for name, _, _ in pairs}
+    assert list(factors) == [g.name for g in groups]
     assert float((before - after).abs().max()) < 1e-4          # the same function in float
-    assert spread_after < 0.5 * spread_before, (spread_before, spread_after)
+    for kind in (pairs, streams):
+        names = [g if isinstance(g, str) else g.name for g in kind]
+        mean = lambda d: sum(d[n] for n in names) / len(names)  # noqa: E731
+        assert mean(spread_after) < 0.5 * mean(spread_before), (kind, spread_before, spread_after)
+
+    # replaying the recorded factors on a fresh copy gives the same weights
+    replay = prepare_qat_model(build_model_from_checkpoint(source)).eval()
+    apply_channel_equalization(replay, factors)
+    for (n, p), (_, q) in zip(model.named_parameters(), replay.named_parameters()):
+        assert torch.allclose(p, q, rtol=1e-6, atol=1e-7), n
 
 
 def test_export_verifies_a_qat_file_on_crops_its_fine_tuning_never_saw(runs):

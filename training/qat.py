@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import time
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -286,66 +286,130 @@ def split_embed(model: nn.Module, images: torch.Tensor, modality: torch.Tensor) 
     return F.normalize(torch.cat(feats["p3"] + feats["p6"] + feats["en"], dim=1), p=2, dim=1)
 
 
-def equalization_pairs(model: nn.Module) -> list[tuple[str, QuantConv2d, QuantConv2d]]:
-    """(name, conv, next conv) for every two convolutions of a residual block with only a ReLU between
-    them once the BNs are folded: torchvision's Bottleneck conv1 -> conv2 -> conv3, BasicBlock conv1 -> conv2."""
+class EqualizationGroup(NamedTuple):
+    """Channels that can be rescaled without changing the float network: the output channels of
+    ``producers`` (weights and bias divided by s_c) feed, through ReLUs and residual Adds only, the input
+    channels of ``consumers`` (weights multiplied by s_c); ``observed`` are the modules whose input or
+    output (``side``) is that activation, where its per-channel range is measured."""
+    name: str
+    producers: list
+    consumers: list
+    observed: list          # [(module, "input" | "output")]
+
+
+def _is_residual_block(module: nn.Module) -> bool:
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
-    pairs = []
+    return isinstance(module, (BasicBlock, Bottleneck))
+
+
+def _residual_blocks(stage: nn.Module) -> list | None:
+    """A ResNet stage's blocks, or None if ``stage`` is not a Sequential of residual blocks."""
+    blocks = list(stage.children()) if isinstance(stage, nn.Sequential) else []
+    return blocks if blocks and all(_is_residual_block(b) for b in blocks) else None
+
+
+def _last_conv(block: nn.Module) -> QuantConv2d:
+    return block.conv3 if hasattr(block, "conv3") else block.conv2
+
+
+def _downsample_conv(block: nn.Module) -> QuantConv2d | None:
+    """The projection conv of a block's shortcut (``prepare_qat_model`` wraps it: Sequential(Sequential(conv,
+    folded BN), quantizer)); None for an identity shortcut."""
+    inner = block.downsample[0] if isinstance(block.downsample, nn.Sequential) else None
+    first = inner[0] if isinstance(inner, nn.Sequential) and len(inner) else None
+    return first if isinstance(first, QuantConv2d) else None
+
+
+def equalization_groups(model: nn.Module) -> list[EqualizationGroup]:
+    """Every place of an :class:`ADMPFFNet` (after ``prepare_qat_model``) where channels can be equalized:
+
+    * inside each residual block, the activation between two convolutions (Bottleneck conv1 -> conv2 ->
+      conv3, BasicBlock conv1 -> conv2), which only a ReLU separates;
+    * the residual stream of a whole ResNet stage (every block's output, the Add of its last conv and
+      its shortcut): one factor per channel for the stage, divided out of every block's last conv and of
+      the first block's projection shortcut, multiplied into the convs that read the stream (each later
+      block's conv1 and the next stages' first conv1 and projection).  A stage is skipped where the
+      stream also reaches something else: an identity shortcut across stages, the stems, the float head."""
+    groups = []
+    stages = [(f"shared.{i}", s) for i, s in enumerate(model.shared)]
+    branch_stages = {n: [(f"branches.{n}.{i}", s) for i, s in enumerate(b)] for n, b in model.branches.items()}
+    flow = [(stages[i], [stages[i + 1]]) for i in range(len(stages) - 1)]
+    if stages:
+        flow.append((stages[-1], [chain[0] for chain in branch_stages.values() if chain]))
+    for chain in branch_stages.values():
+        flow += [(chain[i], [chain[i + 1]]) for i in range(len(chain) - 1)]
+    for (name, stage), nexts in flow:
+        blocks = _residual_blocks(stage)
+        next_blocks = [_residual_blocks(s) for _, s in nexts]
+        if not blocks or not nexts or _downsample_conv(blocks[0]) is None or \
+                any(not b or _downsample_conv(b[0]) is None for b in next_blocks):
+            continue
+        producers = [_last_conv(b) for b in blocks] + [_downsample_conv(blocks[0])]
+        consumers = [b.conv1 for b in blocks[1:]] + [c for b in next_blocks for c in (b[0].conv1, _downsample_conv(b[0]))]
+        observed = [(b, "output") for b in blocks] + [(blocks[0].downsample, "output")]
+        groups.append(EqualizationGroup(f"stream:{name}", producers, consumers, observed))
     for part in QUANTIZED_PARTS:
         for name, block in getattr(model, part).named_modules(prefix=part):
-            if isinstance(block, Bottleneck):
-                pairs += [(f"{name}.conv1", block.conv1, block.conv2), (f"{name}.conv2", block.conv2, block.conv3)]
-            elif isinstance(block, BasicBlock):
-                pairs.append((f"{name}.conv1", block.conv1, block.conv2))
-    return [p for p in pairs if isinstance(p[1], QuantConv2d) and isinstance(p[2], QuantConv2d)]
+            if not _is_residual_block(block):
+                continue
+            convs = [("conv1", block.conv1), ("conv2", block.conv2)] + ([("conv3", block.conv3)] if hasattr(block, "conv3") else [])
+            for (a, prev), (_, nxt) in zip(convs, convs[1:]):
+                groups.append(EqualizationGroup(f"{name}.{a}", [prev], [nxt], [(nxt, "input")]))
+    return [g for g in groups if all(isinstance(c, QuantConv2d) for c in g.producers + g.consumers)]
 
 
 @torch.no_grad()
 def equalize_channels(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                       alpha: float = EQUALIZE_ALPHA) -> dict[str, list[float]]:
-    """Even out the channels of the activations inside residual blocks before calibration (cross-layer
-    equalization with SmoothQuant's migration strength ``alpha``); the float network is unchanged.
+    """Even out the channels of activations before calibration (cross-layer equalization, with
+    SmoothQuant's migration strength ``alpha``); the float network is unchanged.
 
-    A per-tensor int8 scale must cover the widest channel, so narrow channels get few levels.  Between
-    two convolutions of a block there is only a ReLU, and ReLU(x / s) = ReLU(x) / s for s > 0: dividing
-    output channel c of the first convolution (weights and bias) by s_c and multiplying input channel c
-    of the next one by s_c computes the same function.  s_c = amax_c^alpha / max|w_:,c|^(1 - alpha)
-    (amax_c: the channel's largest |activation| on ``batches``) moves most of the spread into the next
-    convolution's weights, which are quantized per output channel.  Measured on the demo's ResNet-50
-    (README, "Quantization-aware fine-tuning"): the INT8 cosine error after calibration fell from 0.0056 to 0.0051.
-    Returns the factors per pair (kept in the checkpoint; :func:`apply_channel_equalization` replays them)."""
-    pairs = equalization_pairs(model)
+    A per-tensor int8 scale must cover the widest channel, so narrow channels get few levels.  ReLU(x / s)
+    = ReLU(x) / s and (a + b) / s = a / s + b / s for s > 0, so dividing a channel out of the convolutions
+    that produce it (weights and bias) and multiplying it into the ones that read it computes the same
+    function (:func:`equalization_groups`).  s_c = amax_c^alpha / max|w_:,c|^(1 - alpha), with amax_c the
+    channel's largest |activation| on ``batches`` and w the reading convolutions' weights, moves most of
+    the spread into those weights, which are quantized per output channel.  Measured on the demo's
+    ResNet-50 (README, "Quantization-aware fine-tuning"): the INT8 cosine error after calibration fell
+    from 0.0055 to 0.0043.  Returns the factors per group, in order (the checkpoint keeps them;
+    :func:`apply_channel_equalization` replays them)."""
+    groups = equalization_groups(model)
     amax: dict[str, torch.Tensor] = {}
 
-    def record(name):
-        def hook(_module, inputs):
-            channel_max = inputs[0].detach().abs().amax(dim=(0, 2, 3)).float().cpu()
+    def record(name, side):
+        def update(tensor):
+            channel_max = tensor.detach().abs().amax(dim=(0, 2, 3)).float().cpu()
             amax[name] = channel_max if name not in amax else torch.maximum(amax[name], channel_max)
-        return hook
+        if side == "input":
+            return lambda _module, inputs: update(inputs[0])
+        return lambda _module, _inputs, output: update(output)
 
     was_training = model.training
     model.eval()
     set_mode(model, _Mode.FLOAT)
-    handles = [nxt.register_forward_pre_hook(record(name)) for name, _, nxt in pairs]
+    handles = [module.register_forward_pre_hook(record(g.name, side)) if side == "input"
+               else module.register_forward_hook(record(g.name, side))
+               for g in groups for module, side in g.observed]
     try:
-        for images, modality in batches:
+        for images, modality in batches:       # one pass: rescaling one group leaves the others' tensors as they are
             split_embed(model, images, modality)
     finally:
         for handle in handles:
             handle.remove()
     factors = {}
-    for name, _, nxt in pairs:
-        if name not in amax:
+    for group in groups:
+        if group.name not in amax:
             continue
-        reach = amax[name]
-        live = reach > 1e-6 * float(reach.max().clamp_min(1e-12))     # dead ReLU channels keep factor 1
+        reach = amax[group.name]
+        live = reach > 1e-6 * float(reach.max().clamp_min(1e-12))     # dead channels keep factor 1
         if not bool(live.any()):
             continue
-        weight = nxt.conv.weight.detach().abs().amax(dim=(0, 2, 3)).float().cpu().clamp_min(1e-12)
+        weight = torch.stack([c.conv.weight.detach().abs().amax(dim=(0, 2, 3)).float().cpu()
+                              for c in group.consumers]).amax(0).clamp_min(1e-12)
         s = reach.clamp_min(1e-12) ** alpha / weight ** (1.0 - alpha)
         s = s / s[live].median()                                      # keep the tensor's overall magnitude
-        factors[name] = torch.where(live, s, torch.ones_like(s)).clamp(1e-3, 1e3).tolist()
+        factors[group.name] = torch.where(live, s, torch.ones_like(s)).clamp(1e-3, 1e3).tolist()
     apply_channel_equalization(model, factors)
     model.train(was_training)
     return factors
@@ -353,15 +417,19 @@ def equalize_channels(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
 
 @torch.no_grad()
 def apply_channel_equalization(model: nn.Module, factors: dict[str, list[float]]) -> None:
-    """Rescale the pairs of :func:`equalization_pairs` by ``factors`` (what :func:`equalize_channels` chose)."""
-    pairs = {name: (prev, nxt) for name, prev, nxt in equalization_pairs(model)}
+    """Rescale the groups of :func:`equalization_groups` by ``factors`` (what :func:`equalize_channels` chose)."""
+    groups = {g.name: g for g in equalization_groups(model)}
     for name, values in factors.items():
-        prev, nxt = pairs[name]
-        s = torch.tensor(values, dtype=prev.conv.weight.dtype, device=prev.conv.weight.device)
-        prev.conv.weight.div_(s.view(-1, 1, 1, 1))
-        if prev.conv.bias is not None:
-            prev.conv.bias.div_(s)
-        nxt.conv.weight.mul_(s.view(1, -1, 1, 1))
+        if name not in groups:
+            raise ValueError(f"no equalization group {name!r} in this model")
+        ref = groups[name].producers[0].conv.weight
+        s = torch.tensor(values, dtype=ref.dtype, device=ref.device)
+        for conv in groups[name].producers:
+            conv.conv.weight.div_(s.view(-1, 1, 1, 1))
+            if conv.conv.bias is not None:
+                conv.conv.bias.div_(s)
+        for conv in groups[name].consumers:
+            conv.conv.weight.mul_(s.view(1, -1, 1, 1))
 
 
 @torch.no_grad()
