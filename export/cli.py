@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--verify-data", default=None, metavar="SPEC",
                    help="sysu:ROOT or regdb:ROOT[:trial]: held-out identities for retrieval mAP per precision")
     v.add_argument("--verify-max-queries", type=int, default=400)
+    v.add_argument("--verify-trials", type=int, default=10, metavar="N",
+                   help="SYSU-MM01: mAP averaged over the protocol's first N random galleries (default 10, as the "
+                        "protocol reports it; one gallery is a noisy measure)")
     v.add_argument("--strict", action="store_true", help="exit 1 when a precision misses its fidelity bar")
     e = ap.add_argument_group("TensorRT engines (needs TensorRT on this machine)")
     e.add_argument("--engine", action="store_true", help="build engines with admpff-build-engine's builder")
@@ -205,7 +208,7 @@ def run(args) -> int:
         retrieval = None
         if args.verify_data:
             from .verify_data import load_retrieval_data
-            retrieval = load_retrieval_data(args.verify_data, contract, args.verify_max_queries)
+            retrieval = load_retrieval_data(args.verify_data, contract, args.verify_max_queries, args.verify_trials)
         variants = {p: f for p, f in files.items() if p != "fp32"}
         reports = stages.run(f"verifying on {len(verify_crops)} held-back crops"
                              + (f" and {args.verify_data}" if retrieval else ""), verify, files["fp32"], variants,
@@ -317,7 +320,8 @@ def _check_arguments(args) -> Path:
     from admpff.runtime.cli_support import CommandError, check_output_file, prepare_output_dir
 
     for flag, value, low in (("--calib-samples", args.calib_samples, 1), ("--verify-samples", args.verify_samples, 0),
-                             ("--auto-float", args.auto_float, 0), ("--verify-max-queries", args.verify_max_queries, 1)):
+                             ("--auto-float", args.auto_float, 0), ("--verify-max-queries", args.verify_max_queries, 1),
+                             ("--verify-trials", args.verify_trials, 1)):
         if value < low:
             raise CommandError(f"{flag} must be >= {low}, not {value}")
     if not 13 <= args.opset <= 21:

@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--verify-samples", type=int, default=64)
     ap.add_argument("--verify-data", default=None, metavar="SPEC", help="held-out identities for retrieval mAP")
     ap.add_argument("--verify-max-queries", type=int, default=400)
+    ap.add_argument("--verify-trials", type=int, default=10, help="SYSU-MM01 galleries the mAP is averaged over")
     args = ap.parse_args(argv)
 
     from admpff.calibration.calibset import CalibrationSet
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     seen_in_verify = seen_by_qat(held, seen)
     print(f"{len(images)} held-back verification crops; {seen_in_verify} of them among the {len(seen)} training "
           f"images the QAT run used; PTQ calibrated on the {len(crops) - len(images)} others")
-    retrieval = load_retrieval_data(args.verify_data, fp32.contract, args.verify_max_queries) if args.verify_data else None
+    retrieval = load_retrieval_data(args.verify_data, fp32.contract, args.verify_max_queries,
+                                    max(1, args.verify_trials)) if args.verify_data else None
     ref = fp32.embed_batch(images, modality)
     ref_map = retrieval_map(fp32, retrieval) if retrieval else None
     qat_float = load_embedder(out / "qat" / "m.onnx", backend="onnxruntime")

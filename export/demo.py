@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         qat = out / "qat"
         demo.step("quantization-aware fine-tuning for INT8 (TensorRT's Q/DQ scheme, learned scales)",
                   _tool("train") + ["--qat-from", str(ckpt), "--data", str(data), "--out", str(qat), "--epochs", "1",
-                                    "--max-steps-per-epoch", "4", "--qat-calib-samples", "32",
+                                    "--max-steps-per-epoch", "8", "--qat-calib-samples", "64", "--qat-scale-lr", "1e-2",
                                     "--batch-p", "2", "--batch-k", "2",
                                     "--no-tensorboard", "--overwrite", "--workers", "0"])
         ckpt = qat / "last.pt"

@@ -105,19 +105,27 @@ class RetrievalData:
     gallery_pids: np.ndarray
     gallery_camids: np.ndarray
     protocol: str  # "sysu" or "regdb"
+    #: SYSU-MM01's random galleries: per trial, the indices into ``gallery_*`` (then ``gallery_*`` hold
+    #: the union); None: ``gallery_*`` is the one gallery
+    gallery_trials: list[np.ndarray] | None = None
 
 
 def retrieval_map(embedder: Embedder, data: RetrievalData) -> float:
+    """mAP (percent); with several gallery trials, their mean (each gallery image is embedded once)."""
     from admpff.training.evaluation import compute_distmat, eval_regdb, eval_sysu
 
     q = embedder.embed_batch(data.query_images, data.query_modality)
     g = embedder.embed_batch(data.gallery_images, data.gallery_modality)
     dist = compute_distmat(q, g)
-    if data.protocol == "sysu":
-        _, mAP, _ = eval_sysu(dist, data.query_pids, data.gallery_pids, data.query_camids, data.gallery_camids)
-    else:
+    if data.protocol != "sysu":
         _, mAP, _ = eval_regdb(dist, data.query_pids, data.gallery_pids)
-    return 100.0 * float(mAP)
+        return 100.0 * float(mAP)
+    maps = []
+    for idx in data.gallery_trials or [np.arange(len(g))]:
+        _, mAP, _ = eval_sysu(dist[:, idx], data.query_pids, data.gallery_pids[idx], data.query_camids,
+                              data.gallery_camids[idx])
+        maps.append(100.0 * float(mAP))
+    return float(np.mean(maps))
 
 
 def verify(fp32_path: Path, variants: dict[str, Path], images: np.ndarray, modality: np.ndarray, *,
