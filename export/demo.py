@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         demo.step("quantization-aware fine-tuning for INT8 (TensorRT's Q/DQ scheme, learned scales)",
                   _tool("train") + ["--qat-from", str(ckpt), "--data", str(data), "--out", str(qat), "--epochs", "1",
                                     "--max-steps-per-epoch", "8", "--qat-calib-samples", "64", "--qat-scale-lr", "1e-2",
+                                    "--qat-bias-lr", "0",
                                     "--batch-p", "2", "--batch-k", "2",
                                     "--no-tensorboard", "--overwrite", "--workers", "0"])
         ckpt = qat / "last.pt"

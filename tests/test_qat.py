@@ -133,9 +133,10 @@ def test_channel_equalization_keeps_the_float_network_and_evens_out_the_channels
     pairs = [g for g in groups if not g.name.startswith("stream:")]
     streams = [g.name for g in groups if g.name.startswith("stream:")]
     assert blocks > 0 and len(pairs) == blocks  # ResNet-18: one pair (conv1 -> ReLU -> conv2) per residual block
-    # layer1's first block has an identity shortcut (its stream is the stems'): skipped; layer2 feeds the
-    # three branches' layer3, and each layer3 its layer4; layer4 feeds the float head: skipped
-    assert streams == ["stream:shared.1", "stream:branches.p3.0", "stream:branches.p6.0", "stream:branches.en.0"]
+    # the stems' stream runs through layer1 (identity shortcuts) into layer2's projection; layer2's feeds
+    # the three branches' layer3, and each layer3's its layer4; layer4's feeds the float head: skipped
+    assert streams == ["stream:stems", "stream:shared.1", "stream:branches.p3.0", "stream:branches.p6.0",
+                       "stream:branches.en.0"]
 
     def spread():  # per group: log(widest channel / median live channel) of the activation it equalizes
         reach = {}

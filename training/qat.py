@@ -83,7 +83,7 @@ class ActivationQuantizer(nn.Module):
         self._amax: list[float] = []
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, scale={float(self.scale):.4g}"
+        return f"mode={self.mode}, scale={float(self.scale.detach()):.4g}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == _Mode.FLOAT:
@@ -321,34 +321,74 @@ def _downsample_conv(block: nn.Module) -> QuantConv2d | None:
     return first if isinstance(first, QuantConv2d) else None
 
 
+def _identity_shortcut(block: nn.Module) -> bool:
+    """The block adds its input itself (``prepare_qat_model`` wraps it: Sequential(Identity, quantizer))."""
+    ds = block.downsample
+    return ds is None or (isinstance(ds, nn.Sequential) and isinstance(ds[0], nn.Identity))
+
+
+def _resnet_stem(stem: nn.Module) -> nn.Sequential | None:
+    """A stem that is torchvision's stage 0 alone, once prepared (conv, folded BN, ReLU, max pool), or None."""
+    children = list(stem.children()) if isinstance(stem, nn.Sequential) else []
+    stage0 = children[0] if len(children) == 1 else None
+    kinds = [type(m) for m in stage0.children()] if isinstance(stage0, nn.Sequential) else []
+    return stage0 if kinds == [QuantConv2d, nn.Identity, nn.ReLU, nn.MaxPool2d] else None
+
+
 def equalization_groups(model: nn.Module) -> list[EqualizationGroup]:
     """Every place of an :class:`ADMPFFNet` (after ``prepare_qat_model``) where channels can be equalized:
 
+    * the residual streams: a stream starts at the stems' output (conv, ReLU, max pool: both commute with a
+      positive per-channel factor; both stems get the same factors) or at a stage whose first block has a
+      projection shortcut, and runs through every block of that stage (each block's output is the Add of
+      its last conv and its shortcut) and on through the following stages whose first block has an
+      identity shortcut, until projections read it.  One factor per channel for the whole stream: divided
+      out of every conv that writes it, multiplied into every conv that reads it.  A stream that reaches
+      the float head is skipped;
     * inside each residual block, the activation between two convolutions (Bottleneck conv1 -> conv2 ->
-      conv3, BasicBlock conv1 -> conv2), which only a ReLU separates;
-    * the residual stream of a whole ResNet stage (every block's output, the Add of its last conv and
-      its shortcut): one factor per channel for the stage, divided out of every block's last conv and of
-      the first block's projection shortcut, multiplied into the convs that read the stream (each later
-      block's conv1 and the next stages' first conv1 and projection).  A stage is skipped where the
-      stream also reaches something else: an identity shortcut across stages, the stems, the float head."""
+      conv3, BasicBlock conv1 -> conv2), which only a ReLU separates."""
+    stage = {f"shared.{i}": s for i, s in enumerate(model.shared)}
+    chains = {n: [f"branches.{n}.{i}" for i in range(len(b))] for n, b in model.branches.items()}
+    stage.update({key: model.branches[n][i] for n, keys in chains.items() for i, key in enumerate(keys)})
+    shared = [k for k in stage if k.startswith("shared.")]
+    branch_firsts = [keys[0] for keys in chains.values() if keys]
+    successors = {k: [shared[i + 1]] if i + 1 < len(shared) else branch_firsts for i, k in enumerate(shared)}
+    successors.update({k: keys[i + 1:i + 2] for keys in chains.values() for i, k in enumerate(keys)})
+
+    def extend(group: EqualizationGroup, keys: list[str]) -> bool:
+        """Follow the stream into ``keys``; False where it cannot be equalized (it reaches the head)."""
+        for key in keys:
+            blocks = _residual_blocks(stage[key])
+            if blocks is None or not all(_identity_shortcut(b) for b in blocks[1:]):
+                return False
+            if _downsample_conv(blocks[0]) is not None:          # a projection reads the stream: it ends here
+                group.consumers.extend([blocks[0].conv1, _downsample_conv(blocks[0])])
+                continue
+            if not _identity_shortcut(blocks[0]):
+                return False
+            group.producers.extend(_last_conv(b) for b in blocks)
+            group.consumers.extend(b.conv1 for b in blocks)
+            group.observed.extend((b, "output") for b in blocks)
+            if not extend(group, successors[key]):
+                return False
+        return bool(keys)
+
     groups = []
-    stages = [(f"shared.{i}", s) for i, s in enumerate(model.shared)]
-    branch_stages = {n: [(f"branches.{n}.{i}", s) for i, s in enumerate(b)] for n, b in model.branches.items()}
-    flow = [(stages[i], [stages[i + 1]]) for i in range(len(stages) - 1)]
-    if stages:
-        flow.append((stages[-1], [chain[0] for chain in branch_stages.values() if chain]))
-    for chain in branch_stages.values():
-        flow += [(chain[i], [chain[i + 1]]) for i in range(len(chain) - 1)]
-    for (name, stage), nexts in flow:
-        blocks = _residual_blocks(stage)
-        next_blocks = [_residual_blocks(s) for _, s in nexts]
-        if not blocks or not nexts or _downsample_conv(blocks[0]) is None or \
-                any(not b or _downsample_conv(b[0]) is None for b in next_blocks):
+    first = shared[:1] or branch_firsts
+    stems = [_resnet_stem(model.visible_stem), _resnet_stem(model.infrared_stem)]
+    if all(s is not None for s in stems):
+        group = EqualizationGroup("stream:stems", [s[0] for s in stems], [], [(s, "output") for s in stems])
+        if extend(group, first):
+            groups.append(group)
+    for key in stage:
+        blocks = _residual_blocks(stage[key])
+        if not blocks or _downsample_conv(blocks[0]) is None or not all(_identity_shortcut(b) for b in blocks[1:]):
             continue
-        producers = [_last_conv(b) for b in blocks] + [_downsample_conv(blocks[0])]
-        consumers = [b.conv1 for b in blocks[1:]] + [c for b in next_blocks for c in (b[0].conv1, _downsample_conv(b[0]))]
-        observed = [(b, "output") for b in blocks] + [(blocks[0].downsample, "output")]
-        groups.append(EqualizationGroup(f"stream:{name}", producers, consumers, observed))
+        group = EqualizationGroup(f"stream:{key}", [_downsample_conv(blocks[0])] + [_last_conv(b) for b in blocks],
+                                  [b.conv1 for b in blocks[1:]],
+                                  [(b, "output") for b in blocks] + [(blocks[0].downsample, "output")])
+        if extend(group, successors[key]):
+            groups.append(group)
     for part in QUANTIZED_PARTS:
         for name, block in getattr(model, part).named_modules(prefix=part):
             if not _is_residual_block(block):
