@@ -43,34 +43,28 @@ def load_retrieval_data(spec: str, contract: InputContract, max_queries: int = 4
         from admpff.training.datasets.sysu import SYSUMM01
 
         ds = SYSUMM01(rest)
-        q, g = ds.query("all"), ds.gallery("all", trial=0)
+        q, galleries = ds.query("all"), [ds.gallery("all", trial=t) for t in range(max(1, trials))]
         q_mod, g_mod = INFRARED, VISIBLE
-        if trials > 1:
-            keep = _every(len(q.paths), max_queries)
-            galleries = [g] + [ds.gallery("all", trial=t) for t in range(1, trials)]
-            union = sorted({(p, pid, cam) for gal in galleries for p, pid, cam in zip(gal.paths, gal.pids, gal.camids)})
-            where = {p: i for i, (p, _, _) in enumerate(union)}
-            return RetrievalData(
-                name=spec, protocol=kind,
-                query_images=_read([q.paths[i] for i in keep], contract),
-                query_modality=np.full(len(keep), q_mod, np.int32),
-                query_pids=np.asarray(q.pids)[keep], query_camids=np.asarray(q.camids)[keep],
-                gallery_images=_read([p for p, _, _ in union], contract),
-                gallery_modality=np.full(len(union), g_mod, np.int32),
-                gallery_pids=np.asarray([pid for _, pid, _ in union]),
-                gallery_camids=np.asarray([cam for _, _, cam in union]),
-                gallery_trials=[np.asarray([where[p] for p in gal.paths]) for gal in galleries])
     else:
         from admpff.training.datasets.regdb import RegDB
 
         root, _, trial = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "1")
         q, g = RegDB(root, int(trial)).test("visible_to_thermal")
+        galleries = [g]
         q_mod, g_mod = VISIBLE, INFRARED
     keep = _every(len(q.paths), max_queries)
-    q_paths = [q.paths[i] for i in keep]
+    # the galleries' union, in first-seen order (one gallery: exactly that gallery), each image read once
+    where: dict = {}
+    g_paths, g_pids, g_camids = [], [], []
+    for gallery in galleries:
+        for path, pid, camid in zip(gallery.paths, gallery.pids, gallery.camids):
+            if path not in where:
+                where[path] = len(g_paths)
+                g_paths.append(path), g_pids.append(pid), g_camids.append(camid)
     return RetrievalData(
         name=spec, protocol=kind,
-        query_images=_read(q_paths, contract), query_modality=np.full(len(keep), q_mod, np.int32),
+        query_images=_read([q.paths[i] for i in keep], contract), query_modality=np.full(len(keep), q_mod, np.int32),
         query_pids=np.asarray(q.pids)[keep], query_camids=np.asarray(q.camids)[keep],
-        gallery_images=_read(list(g.paths), contract), gallery_modality=np.full(len(g.paths), g_mod, np.int32),
-        gallery_pids=np.asarray(g.pids), gallery_camids=np.asarray(g.camids))
+        gallery_images=_read(g_paths, contract), gallery_modality=np.full(len(g_paths), g_mod, np.int32),
+        gallery_pids=np.asarray(g_pids), gallery_camids=np.asarray(g_camids),
+        gallery_trials=[np.asarray([where[p] for p in g.paths]) for g in galleries] if len(galleries) > 1 else None)

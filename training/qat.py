@@ -10,9 +10,10 @@ symmetric (zero point 0); every backbone convolution has its weights quantized p
 ([-128, 127]); the identity input of every residual Add is quantized too, so TensorRT can fuse the Add into
 the convolution before it; the embedding head (stripe pooling, 1x1 reductions, concat, L2 norm) stays
 float.  Batch norms are folded into their convolutions first (frozen statistics, the usual QAT recipe):
-the network that trains is the graph that is exported, node for node.  Then the channels between the
-convolutions of each residual block are equalized (``equalize_channels``, exact in float: ReLU commutes
-with a positive per-channel scale), so that one per-tensor activation scale fits all of them.
+the network that trains is the graph that is exported, node for node.  Then channels are equalized
+(``equalize_channels``, exact in float: ReLU, max pool and residual Adds commute with a positive
+per-channel factor) between the convolutions of each residual block and along the residual streams, so
+that one per-tensor activation scale fits all the channels of a tensor.
 
 Fake quantization is PyTorch's own (``torch.fake_quantize_per_tensor_affine`` /
 ``torch.fake_quantize_per_channel_affine`` in the exported graph, which the ONNX exporter turns into
@@ -411,8 +412,8 @@ def equalize_channels(model: nn.Module, batches: Iterable[tuple[torch.Tensor, to
     function (:func:`equalization_groups`).  s_c = amax_c^alpha / max|w_:,c|^(1 - alpha), with amax_c the
     channel's largest |activation| on ``batches`` and w the reading convolutions' weights, moves most of
     the spread into those weights, which are quantized per output channel.  Measured on the demo's
-    ResNet-50 (README, "Quantization-aware fine-tuning"): the INT8 cosine error after calibration fell
-    from 0.0055 to 0.0043.  Returns the factors per group, in order (the checkpoint keeps them;
+    ResNet-50 (README, "Quantization-aware fine-tuning"), 64 calibration images: the INT8 cosine error
+    after calibration was 0.0055 with the in-block activations equalized and 0.0043 with the streams too.  Returns the factors per group, in order (the checkpoint keeps them;
     :func:`apply_channel_equalization` replays them)."""
     groups = equalization_groups(model)
     amax: dict[str, torch.Tensor] = {}

@@ -43,8 +43,8 @@ def add_qat_arguments(parser: argparse.ArgumentParser) -> None:
                    help="how the initial activation scales are set: 'mse' (default: the clipping value with the "
                         "least int8 error, per batch) or a |activation| percentile P such as 99.999 (100 = max)")
     g.add_argument("--qat-equalize", dest="qat_equalize", type=float, default=None, metavar="ALPHA",
-                   help="before calibrating, even out the channels inside residual blocks (exact in float; "
-                        "SmoothQuant's migration strength, default 0.8; 0 turns it off)")
+                   help="before calibrating, even out the channels inside residual blocks and along the residual "
+                        "streams (exact in float; SmoothQuant's migration strength, default 0.8; 0 turns it off)")
     g.add_argument("--qat-mgj-weight", dest="qat_mgj_weight", type=float, default=0.0, metavar="W",
                    help="weight of the MGJ loss (default 0: logged, not trained on; on a briefly trained model "
                         "it moved the weights to cosine 0.80 from the FP32 model even at lr 1e-5)")
